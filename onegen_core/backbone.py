@@ -1,0 +1,125 @@
+"""Backbones: the embedded tiny model built from a config, or any Hugging Face causal LM.
+
+The tiny model is a real Qwen2 (or Llama) architecture with a byte-level BPE trained on the corpus
+with `tokenizers`; it is saved and reloaded with `save_pretrained` / `from_pretrained` like any
+checkpoint, so the code path after construction is the one a real backbone takes.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from onegen_core.config import BackboneConfig, TinyBackboneConfig
+from onegen_core.tokens import SpecialTokenIds, add_special_tokens
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+META_FILE = "onegen.json"  # written beside every checkpoint this project saves
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
+    """Train a byte-level BPE on `texts` and wrap it as a Hugging Face fast tokenizer with EOS, PAD
+    and the OneGen special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    add_special_tokens(fast)
+    return fast
+
+
+def build_tiny_backbone(cfg: TinyBackboneConfig, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A freshly initialised causal LM of the configured family and size (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    if cfg.architecture == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    return LlamaForCausalLM(LlamaConfig(**common))
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
+    """Load a causal LM and its tokenizer from a hub id or a local directory (safetensors only),
+    add the OneGen tokens, and return (model, tokenizer, SpecialTokenIds).
+
+    Our own checkpoints carry `onegen.json`; for those whose tokenizer we trained, the plain fast
+    tokenizer class is used, because AutoTokenizer would pick the architecture's tokenizer class
+    (e.g. Qwen2Tokenizer) and swap in its pre-tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = cfg or BackboneConfig(name=name_or_path)
+    meta = read_meta(name_or_path)
+    if meta.get("tokenizer") == "bpe-trained":
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        dtype=_dtype(cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+        use_safetensors=True,  # never unpickle weights
+    )
+    ids = add_special_tokens(tokenizer, model)
+    return model, tokenizer, ids
+
+
+def read_meta(path: str | Path) -> dict:
+    p = Path(path) / META_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Save in Hugging Face format (safetensors) plus `onegen.json` (special-token ids, provenance)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    ids = SpecialTokenIds.from_tokenizer(tokenizer)
+    full = {"special_tokens": ids.ids, "eos": ids.eos, "pad": ids.pad, **(meta or {})}
+    (out / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
+    return out
+
+
+def build_backbone(cfg: BackboneConfig, corpus_texts: Iterable[str] | None, vocab_size: int,
+                   min_frequency: int = 2, seed: int = 0):
+    """The backbone named by `cfg`: the tiny one (tokenizer trained on `corpus_texts`) or a
+    pretrained one. Returns (model, tokenizer, SpecialTokenIds, meta)."""
+    if cfg.is_tiny():
+        if corpus_texts is None:
+            raise ValueError("the tiny backbone needs corpus texts to train its tokenizer")
+        tokenizer = train_bpe_tokenizer(corpus_texts, vocab_size, min_frequency)
+        model = build_tiny_backbone(cfg.tiny, len(tokenizer), seed).to(_dtype(cfg.dtype))
+        ids = SpecialTokenIds.from_tokenizer(tokenizer)
+        return model, tokenizer, ids, {"backbone": "tiny", "tokenizer": "bpe-trained"}
+    model, tokenizer, ids = load_pretrained(cfg.name, cfg)
+    meta = read_meta(cfg.name)
+    return model, tokenizer, ids, {"backbone": cfg.name, "tokenizer": meta.get("tokenizer", "pretrained")}

@@ -1,0 +1,239 @@
+"""Typed settings, read from `params.yaml` (the single source of settings).
+
+Each section of params.yaml is one dataclass; each field carries its help text in `metadata["help"]`.
+Loading is strict: an unknown key, a missing section or a value of the wrong type is an error that
+names the key (`train.lr: expected float, got str 'fast'`). Derived values are methods, not fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TinyBackboneConfig:
+    architecture: Literal["qwen2", "llama"] = _f("qwen2", "decoder family of the embedded tiny model")
+    hidden_size: int = _f(256, "model width")
+    intermediate_size: int = _f(688, "MLP width")
+    num_layers: int = _f(4, "decoder layers")
+    num_heads: int = _f(4, "attention heads")
+    num_kv_heads: int = _f(2, "key/value heads (grouped-query attention)")
+    max_position_embeddings: int = _f(4096, "longest sequence the rotary embedding is set up for")
+    tie_word_embeddings: bool = _f(True, "share input and output embeddings")
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("backbone.tiny.hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("backbone.tiny.num_heads must be divisible by num_kv_heads")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = _f("tiny", "'tiny' (built from `tiny` + a BPE trained on the corpus), a HF model id, or a local path")
+    tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig, metadata={"help": "the embedded tiny model"})
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype")
+    attn_implementation: str = _f("sdpa", "transformers attention implementation (sdpa, eager, flash_attention_2)")
+
+    def is_tiny(self) -> bool:
+        return self.name == "tiny"
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = _f(8000, "BPE vocabulary size of the tokenizer trained for the tiny backbone")
+    min_frequency: int = _f(2, "minimum pair frequency for a BPE merge")
+    corpus: list[str] = _f([], "extra text files (JSON passages {title, text}) the BPE is trained on, besides the training questions")
+
+
+@dataclass
+class ReconstructConfig:
+    query_style: Literal["implicit", "explicit"] = _f("implicit", "multi-hop: [RQ] right after the context ('The question is:'), or after a written sub-question")
+    use_loc: bool = _f(False, "wrap an explicit sub-question in <LOC>…</LOC>")
+    granularity: Literal["sentence", "document"] = _f("sentence", "one [RD] per sentence or per paragraph")
+    max_negative_paragraphs: int = _f(8, "multi-hop: distractor paragraphs kept per question (their units are negatives)")
+
+
+@dataclass
+class LossConfig:
+    kind: Literal["bpr", "info_nce"] = _f("bpr", "retrieval loss")
+    lambda_g: float = _f(1.0, "weight of the next-token loss")
+    lambda_r: float = _f(1.0, "weight of the retrieval loss")
+    temperature: float = _f(0.05, "InfoNCE temperature")
+    in_batch: bool = _f(False, "InfoNCE: other queries' positives as extra negatives")
+    positives_per_query: int = _f(2, "positives sampled per [RQ]")
+    negatives_per_positive: int = _f(8, "negatives sampled per positive")
+    share_negatives: bool = _f(True, "units of the other examples in the batch are negatives too")
+
+    def __post_init__(self) -> None:
+        if self.lambda_g < 0 or self.lambda_r < 0:
+            raise ConfigError("loss.lambda_g and loss.lambda_r must be >= 0")
+        if self.temperature <= 0:
+            raise ConfigError("loss.temperature must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = _f(0, "seed of data order, pair sampling and initialisation")
+    lr: float = _f(1e-3, "peak learning rate")
+    min_lr_ratio: float = _f(0.1, "cosine decay floor as a fraction of lr")
+    warmup_ratio: float = _f(0.05, "fraction of steps of linear warm-up")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)")
+    epochs: int = _f(10, "passes over the training set")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = no cap)")
+    batch_size: int = _f(4, "examples per micro-batch (per device)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_length: int = _f(1024, "main sequences are truncated to this many tokens (counted)")
+    max_doc_length: int = _f(256, "document sequences are truncated to this many tokens (counted)")
+    log_every: int = _f(10, "log every N optimizer steps")
+    output_dir: str = _f("models/core", "where the trained checkpoint is written")
+
+    def steps_per_epoch(self, n_examples: int) -> int:
+        micro = -(-n_examples // self.batch_size)
+        return max(1, micro // self.grad_accum)
+
+    def total_steps(self, n_examples: int) -> int:
+        total = self.steps_per_epoch(n_examples) * self.epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+@dataclass
+class CoreRunConfig:
+    """Data of the single-process core run (`onegen train-core`), until the data stages exist."""
+
+    hotpotqa_train: list[str] = _f(["../shared/data/hotpotqa/train_sample.json"], "HotpotQA files trained on")
+    hotpotqa_dev: str = _f("../shared/data/hotpotqa/dev_distractor_sample.json", "HotpotQA dev file, split in two")
+    dev_train_count: int = _f(100, "the first N dev questions are trained on; the rest are held out")
+    metrics_path: str = _f("metrics/core_train.json", "where the run's figures are written")
+
+
+@dataclass
+class Params:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    core_run: CoreRunConfig = field(default_factory=CoreRunConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types name the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key '{where}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}: {e}" if prefix and not str(e).startswith(prefix) else str(e)) from e
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml into `Params`; `overrides` maps dotted keys ('train.lr') to values."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    try:
+        return from_dict(Params, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key → value, e.g. for logging every resolved param to a tracker."""
+    out: dict[str, Any] = {}
+    for k, v in (dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj).items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out

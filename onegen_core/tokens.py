@@ -1,0 +1,108 @@
+"""The special tokens of OneGen and how they are added to a tokenizer and a model.
+
+One name per concept: code, params, logs and docs all use the constants below; no other module
+spells a special-token string.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RQ = "[RQ]"  # retrieval query: its last-layer hidden state is the query vector
+RD = "[RD]"  # retrieval document: appended to a document (or sentence); its hidden state is the doc vector
+CON = "<CON>"  # continue: a GEN position that carries generation on after a retrieval (G→R tasks)
+LOC_OPEN, LOC_CLOSE = "<LOC>", "</LOC>"  # optional span of an explicit query
+PARAGRAPH_OPEN, PARAGRAPH_CLOSE = "<paragraph>", "</paragraph>"  # a retrieved passage pasted back (R→G)
+FINAL_OPEN, FINAL_CLOSE = "<FINAL-ANSWER>", "</FINAL-ANSWER>"
+MENTION_OPEN, MENTION_CLOSE = "<MENTION>", "</MENTION>"
+
+# Order matters: it fixes the ids given to a tokenizer that has none of them yet.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    RQ,
+    RD,
+    CON,
+    LOC_OPEN,
+    LOC_CLOSE,
+    PARAGRAPH_OPEN,
+    PARAGRAPH_CLOSE,
+    FINAL_OPEN,
+    FINAL_CLOSE,
+    MENTION_OPEN,
+    MENTION_CLOSE,
+)
+RETRIEVAL_TOKENS: tuple[str, ...] = (RQ, RD)
+
+
+@dataclass(frozen=True)
+class SpecialTokenIds:
+    """Ids of the special tokens in one tokenizer, looked up once and passed around."""
+
+    ids: dict[str, int]
+    eos: int
+    pad: int
+    bos: int | None
+
+    @property
+    def rq(self) -> int:
+        return self.ids[RQ]
+
+    @property
+    def rd(self) -> int:
+        return self.ids[RD]
+
+    @property
+    def con(self) -> int:
+        return self.ids[CON]
+
+    def __getitem__(self, token: str) -> int:
+        return self.ids[token]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "SpecialTokenIds":
+        missing = [t for t in SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+        if missing:
+            raise ValueError(f"tokenizer lacks OneGen special tokens {missing}: call add_special_tokens first")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos_token: a model trained without one never stops")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(
+            ids={t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS},
+            eos=int(tokenizer.eos_token_id),
+            pad=int(pad),
+            bos=None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
+        )
+
+
+def add_special_tokens(tokenizer, model: torch.nn.Module | None = None) -> SpecialTokenIds:
+    """Add the OneGen tokens to `tokenizer` (and grow `model`'s embeddings to match).
+
+    New embedding rows (input and, when untied, output) start at the mean of the existing rows:
+    a random row would give the new tokens a norm unlike any real token and destabilise the first
+    steps; the mean is a neutral, deterministic start (Hewitt, 2021).
+    Idempotent: tokens already present keep their ids.
+    """
+    tokenizer.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of attention and loss, so re-using EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    ids = SpecialTokenIds.from_tokenizer(tokenizer)
+    if model is not None:
+        resize_embeddings(model, len(tokenizer))
+    return ids
+
+
+@torch.no_grad()
+def resize_embeddings(model: torch.nn.Module, vocab_size: int) -> None:
+    """Grow (never shrink) the embedding matrices to `vocab_size`, new rows = mean of old rows."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    inp = model.get_input_embeddings().weight  # (vocab, dim)
+    inp[old:] = inp[:old].mean(dim=0, keepdim=True)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != inp.data_ptr():
+        out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+        if getattr(out, "bias", None) is not None:
+            out.bias[old:] = out.bias[:old].mean()

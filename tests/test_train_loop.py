@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from onegen_core.collator import OneGenCollator
+from onegen_core.config import LossConfig, TrainConfig
+from onegen_core.evaluation import held_out_losses
+from onegen_core.model import OneGenModel
+from onegen_core.retrieval_eval import retrieval_recall
+from onegen_core.schedule import lr_at
+from onegen_core.segments import Document, Query, Retrieval, Text, TrainingExample
+from onegen_core.train_loop import data_order, micro_batches_for_step, train
+
+WORDS = ["cat", "dog", "owl", "elk", "bee", "ant", "yak", "emu"]
+
+
+def lookup_examples() -> list[TrainingExample]:
+    """Query i must retrieve the document that names the same animal: learnable in a few steps."""
+    docs = tuple(Document(w, (f"the {w} lives here",)) for w in WORDS)
+    return [
+        TrainingExample(f"e{i}", "t", (Text(f"where is the {w}?", False), Retrieval("q"), Text(f" {w} found", True)),
+                        (Query("q", (w,), tuple(x for x in WORDS if x != w)),), docs)
+        for i, w in enumerate(WORDS)
+    ]
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 1.0, 10, 0.0) == pytest.approx(0.5)
+
+
+def test_data_order_depends_on_seed_and_epoch_only():
+    assert data_order(10, 3, 1) == data_order(10, 3, 1)
+    assert sorted(data_order(10, 3, 1)) == list(range(10))
+    assert data_order(10, 3, 1) != data_order(10, 3, 2)
+
+
+def test_micro_batches():
+    cfg = TrainConfig(batch_size=2, grad_accum=2)
+    assert micro_batches_for_step(list(range(9)), 0, cfg) == [[0, 1], [2, 3]]
+    assert micro_batches_for_step(list(range(9)), 1, cfg) == [[4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize("kind", ["bpr", "info_nce"])
+def test_training_lowers_both_losses_and_learns_retrieval(char_tokenizer, tiny_lm, kind):
+    exs = lookup_examples()
+    col = OneGenCollator(char_tokenizer, max_length=128, share_negatives=False)
+    model = OneGenModel(tiny_lm, LossConfig(kind=kind, negatives_per_positive=7, positives_per_query=1))
+    before = held_out_losses(model, col, exs, seed=0)
+    recall_before = retrieval_recall(model, col, exs)["recall_at_1"]
+    cfg = TrainConfig(lr=3e-3, epochs=40, batch_size=4, grad_accum=2, warmup_ratio=0.0, seed=0)
+    hist = train(model, col, exs, cfg)
+    assert len(hist) == 40 and all(math.isfinite(m.loss) for m in hist)
+    after = held_out_losses(model, col, exs, seed=0)
+    assert after["lm_loss"] < 0.5 * before["lm_loss"]
+    assert after["retrieval_loss"] < 0.5 * before["retrieval_loss"]
+    assert retrieval_recall(model, col, exs)["recall_at_1"] > max(recall_before, 0.5)
+
+
+def test_training_is_deterministic(char_tokenizer):
+    from onegen_core.backbone import build_tiny_backbone
+    from onegen_core.config import TinyBackboneConfig
+
+    cfg_m = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2)
+    losses = []
+    for _ in range(2):
+        lm = build_tiny_backbone(cfg_m, len(char_tokenizer), seed=0)
+        col = OneGenCollator(char_tokenizer, max_length=128)
+        hist = train(OneGenModel(lm, LossConfig()), col, lookup_examples(), TrainConfig(epochs=2, batch_size=4))
+        losses.append([m.loss for m in hist])
+    assert losses[0] == losses[1]
+    torch.manual_seed(0)
