@@ -60,8 +60,14 @@ def paragraph_document(p: Paragraph, granularity: str) -> Document:
     return Document(id=paragraph_id(p), units=units, title=p.title, granularity=granularity)
 
 
+def paste_paragraph(title: str, text: str) -> str:
+    """The passage as the engine pastes it after [RQ]; training pastes it identically."""
+    head = f"{title}: " if title else ""
+    return f"{PARAGRAPH_OPEN}{head}{text.strip()}{PARAGRAPH_CLOSE}"
+
+
 def pasted_paragraph(p: Paragraph) -> str:
-    return f"{PARAGRAPH_OPEN}{p.title}: {p.text().strip()}{PARAGRAPH_CLOSE}"
+    return paste_paragraph(p.title, p.text())
 
 
 def _units_of(doc: Document, sentences: tuple[int, ...]) -> list[str]:
