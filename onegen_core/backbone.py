@@ -6,6 +6,7 @@ checkpoint, so the code path after construction is the one a real backbone takes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,9 +105,29 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path, meta
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     ids = SpecialTokenIds.from_tokenizer(tokenizer)
-    full = {"special_tokens": ids.ids, "eos": ids.eos, "pad": ids.pad, **(meta or {})}
+    full = {**(meta or {}), "special_tokens": ids.ids, "eos": ids.eos, "pad": ids.pad,
+            "checkpoint_id": weights_digest(out)}
     (out / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
     return out
+
+
+def weights_digest(path: str | Path) -> str:
+    """Content hash of a checkpoint's weight files: the identity an index records, so vectors from
+    another checkpoint are refused (two saves of the same weights share it)."""
+    h = hashlib.sha256()
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights")
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_id(path: str | Path) -> str:
+    """The id recorded in a saved checkpoint's `onegen.json` (computed from its weights if absent)."""
+    return read_meta(path).get("checkpoint_id") or weights_digest(path)
 
 
 def build_backbone(cfg: BackboneConfig, corpus_texts: Iterable[str] | None, vocab_size: int,

@@ -1,0 +1,129 @@
+"""The LanceDB adapter of `onegen_core.index.VectorIndex`.
+
+One table per encoded corpus: id, doc_id, title, text, doc_text, vector and the checkpoint that encoded
+it (a column, and the table's schema metadata so opening the table tells the checkpoint without a
+scan). The URI is a local directory by default; `s3://…` or `gs://…` URIs work unchanged (credentials
+from the environment, as LanceDB/object_store read them).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Sequence
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.index import IvfPq
+
+from onegen_core.index import Hit, IndexMismatchError, UnitRecord
+
+log = logging.getLogger(__name__)
+CHECKPOINT_KEY = b"onegen.checkpoint_id"
+
+
+def _schema(dim: int, checkpoint_id: str) -> pa.Schema:
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("doc_id", pa.string()),
+            ("title", pa.string()),
+            ("text", pa.string()),
+            ("doc_text", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+            ("checkpoint", pa.string()),
+        ],
+        metadata={CHECKPOINT_KEY: checkpoint_id.encode()},
+    )
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+class LanceIndex:
+    """Open with `LanceIndex(uri, table)`; create or resume with `LanceIndex.create(...)`."""
+
+    def __init__(self, uri: str, table: str = "units", refine_factor: int = 10) -> None:
+        self.uri, self.table_name = uri, table
+        self.table = lancedb.connect(uri).open_table(table)
+        meta = self.table.schema.metadata or {}
+        if CHECKPOINT_KEY not in meta:
+            raise IndexMismatchError(f"{uri}/{table}: table has no {CHECKPOINT_KEY.decode()} metadata; not a onegen index")
+        self.checkpoint_id = meta[CHECKPOINT_KEY].decode()
+        self.dim = self.table.schema.field("vector").type.list_size
+        self.refine_factor = refine_factor
+
+    @classmethod
+    def create(cls, uri: str, dim: int, checkpoint_id: str, table: str = "units") -> "LanceIndex":
+        """Open the table for `checkpoint_id`, creating it; a table left by an interrupted run of the same
+        checkpoint is kept (resume), one from another checkpoint is replaced."""
+        db = lancedb.connect(uri)
+        try:
+            existing = db.open_table(table)
+        except ValueError:  # "Table '…' was not found"
+            existing = None
+        if existing is not None:
+            old = (existing.schema.metadata or {}).get(CHECKPOINT_KEY, b"").decode()
+            if old == checkpoint_id and existing.schema.field("vector").type.list_size == dim:
+                log.info("resuming %s/%s: %d units already encoded", uri, table, existing.count_rows())
+                return cls(uri, table)
+            log.info("replacing %s/%s (encoded by %r, now %r)", uri, table, old, checkpoint_id)
+        db.create_table(table, schema=_schema(dim, checkpoint_id), mode="overwrite")
+        return cls(uri, table)
+
+    def __len__(self) -> int:
+        return self.table.count_rows()
+
+    def ids(self) -> set[str]:
+        return set(self.table.to_arrow().column("id").to_pylist()) if len(self) else set()
+
+    def add(self, records: Sequence[UnitRecord], vectors: np.ndarray) -> None:
+        if not records:
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float32)  # (n, dim)
+        cols = {
+            "id": [r.id for r in records],
+            "doc_id": [r.doc_id for r in records],
+            "title": [r.title for r in records],
+            "text": [r.text for r in records],
+            "doc_text": [r.doc_text for r in records],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), self.dim),
+            "checkpoint": [self.checkpoint_id] * len(records),
+        }
+        self.table.add(pa.table(cols, schema=self.table.schema))
+
+    def has_ann_index(self) -> bool:
+        return any(i.index_type.startswith("Ivf") for i in self.table.list_indices())
+
+    def build_ann_index(self, min_rows: int) -> bool:
+        """IVF_PQ over cosine when the table has at least `min_rows` rows; below that, exact search is
+        fast enough and exact. Returns whether an index was built."""
+        n = len(self)
+        if n < min_rows:
+            log.info("%d rows < %d: exact search, no ANN index", n, min_rows)
+            return False
+        sub = next(s for s in (16, 8, 4, 2, 1) if self.dim % s == 0)
+        parts = max(1, int(math.sqrt(n)))
+        self.table.create_index("vector", replace=True,
+                                config=IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=sub))
+        log.info("built IVF_PQ (cosine, %d partitions, %d sub-vectors) over %d rows", parts, sub, n)
+        return True
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None
+    ) -> list[list[Hit]]:
+        q = np.asarray(queries, dtype=np.float32)  # (n, dim)
+        ann = self.has_ann_index()
+        out: list[list[Hit]] = []
+        for i in range(q.shape[0]):
+            query = self.table.search(q[i], vector_column_name="vector").metric("cosine").limit(k)
+            if ann:
+                query = query.refine_factor(self.refine_factor)  # re-rank PQ candidates exactly
+            if allowed is not None and allowed[i] is not None:
+                ids = ", ".join(_quote(a) for a in allowed[i])
+                query = query.where(f"id IN ({ids}) OR doc_id IN ({ids})", prefilter=True) if ids else None
+            rows = query.select(["id", "doc_id", "title", "text", "doc_text"]).to_list() if query is not None else []
+            out.append([Hit(r["id"], 1.0 - float(r["_distance"]), r["doc_id"], r["title"], r["text"], r["doc_text"])
+                        for r in rows])
+        return out
