@@ -1,5 +1,7 @@
 """Dataset loaders for OneGen (standard library only; ``fsspec`` optional for remote paths)."""
+from .elevant import NIL, NO_MAPPING, ElevantArticle, ElevantLabel, load_elevant, load_elevant_with_report
 from .errors import DataError
+from .kb import Entity, load_kb, load_kb_with_report, write_kb
 from .multihop import (
     MultiHopRecord,
     Paragraph,
@@ -10,15 +12,41 @@ from .multihop import (
     load_hotpotqa,
     load_hotpotqa_with_report,
 )
+from .selfrag import (
+    SelfRagExample,
+    SelfRagParagraph,
+    SelfRagText,
+    SelfRagToken,
+    load_selfrag,
+    load_selfrag_with_report,
+    parse_selfrag_output,
+)
 
 __all__ = [
+    "NIL",
+    "NO_MAPPING",
     "DataError",
+    "ElevantArticle",
+    "ElevantLabel",
+    "Entity",
     "MultiHopRecord",
     "Paragraph",
+    "SelfRagExample",
+    "SelfRagParagraph",
+    "SelfRagText",
+    "SelfRagToken",
     "SupportingFact",
     "join_sentences",
     "load_2wiki",
     "load_2wiki_with_report",
+    "load_elevant",
+    "load_elevant_with_report",
     "load_hotpotqa",
     "load_hotpotqa_with_report",
+    "load_kb",
+    "load_kb_with_report",
+    "load_selfrag",
+    "load_selfrag_with_report",
+    "parse_selfrag_output",
+    "write_kb",
 ]

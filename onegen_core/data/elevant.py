@@ -1,0 +1,315 @@
+"""Strict loader for ELEVANT entity-linking benchmark files (``*.benchmark.jsonl``).
+
+Why strict: these files are the entity-linking evaluation set. A span off by one, a label pointing at a
+parent that does not exist or an article listed twice would silently change the scores, so every
+malformed article raises :class:`DataError` naming the file, the line (and article id) and the field,
+e.g. ``labels[3].span``. ``on_error="skip"`` and :func:`load_elevant_with_report` drop bad articles
+instead and say why.
+
+Format (ad-freiburg/elevant ``benchmarks/``): one article per line with ``id``, ``title``, ``text``,
+``evaluation_span`` ``[start, end]`` and ``labels``. A label has ``span`` ``[start, end]`` (character
+offsets into ``text``, end exclusive), ``entity_id`` (a Wikidata QID, or ``<NIL>`` for a mention of an
+entity absent from Wikidata, or ``<NO_MAPPING>`` when the original benchmark's entity could not be
+mapped to Wikidata), ``name`` (``"Unknown"`` for those), ``type`` (``"OTHER"`` or ``|``-joined type
+QIDs such as ``"Q27096213|Q43229"``) and usually an ``id``; nested mentions carry ``parent`` (a label
+id) and ``children`` (label ids). ELEVANT's optional booleans ``optional``, ``coref`` and ``desc`` are
+read when present. Unknown extra fields are ignored so that newer releases still load.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FILE_RECORD, DataError
+from .multihop import OnError, _check_on_error, _get, _iter_jsonl, _json_type, _Raw, _typed, _Where
+from .open_source import open_text, source_name
+
+__all__ = [
+    "NIL",
+    "NO_MAPPING",
+    "OTHER_TYPE",
+    "ElevantArticle",
+    "ElevantLabel",
+    "benchmark_name",
+    "is_qid",
+    "load_elevant",
+    "load_elevant_with_report",
+]
+
+NIL = "<NIL>"  # the mention names an entity that has no Wikidata item
+NO_MAPPING = "<NO_MAPPING>"  # the source benchmark's entity could not be mapped to Wikidata
+OTHER_TYPE = "OTHER"  # ELEVANT's type for entities outside its coarse type set
+
+_QID = re.compile(r"Q[1-9][0-9]*\Z")
+_BENCHMARK_SUFFIXES = (".benchmark.jsonl", ".jsonl", ".json")
+_COMPRESSION_SUFFIXES = (".gz", ".bz2")
+_FIELD_RECORD = "<record>"
+_FIELD_ENCODING = "<encoding>"
+
+
+def is_qid(entity_id: str) -> bool:
+    """True for a Wikidata item id (``Q42``): the only entity ids a knowledge base can resolve."""
+    return bool(_QID.match(entity_id))
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class ElevantLabel:
+    """One gold mention. ``parent``/``children`` are label ids (``id``) of the same article."""
+
+    span_start: int  # character offsets into the article text, end exclusive
+    span_end: int
+    entity_id: str
+    name: str
+    type: str | None  # raw ELEVANT type string, e.g. "OTHER" or "Q5|Q43229"; None when absent
+    parent: int | None
+    children: tuple[int, ...]
+    id: int = 0  # the label's id; ELEVANT files number labels 0..n-1 in file order
+    optional: bool = False  # ELEVANT: the mention may be left unlinked without penalty
+    coref: bool = False  # ELEVANT: the mention is a coreference (e.g. a pronoun)
+
+    @property
+    def is_linkable(self) -> bool:
+        """True when the gold entity is a QID; ``<NIL>``/``<NO_MAPPING>`` have no KB entry to retrieve."""
+        return is_qid(self.entity_id)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return (self.span_start, self.span_end)
+
+    @property
+    def type_ids(self) -> tuple[str, ...]:
+        """The type QIDs (``()`` for ``OTHER`` or no type): the raw string joins several with ``|``."""
+        if not self.type or self.type == OTHER_TYPE:
+            return ()
+        return tuple(self.type.split("|"))
+
+    def mention(self, text: str) -> str:
+        """The mention's surface string in the article ``text``."""
+        return text[self.span_start:self.span_end]
+
+
+@dataclass(frozen=True)
+class ElevantArticle:
+    """One validated benchmark article with its gold labels in file order."""
+
+    id: int | str
+    title: str  # empty in some benchmarks (aida-conll, derczynski)
+    text: str
+    evaluation_span: tuple[int, int] | None
+    labels: tuple[ElevantLabel, ...]
+    benchmark: str  # e.g. "msnbc", from the file name unless given
+
+    def label(self, label_id: int) -> ElevantLabel:
+        """The label with this id; ``KeyError`` if there is none."""
+        for label in self.labels:
+            if label.id == label_id:
+                return label
+        raise KeyError(label_id)
+
+    def top_level_labels(self) -> tuple[ElevantLabel, ...]:
+        """Labels without a parent, sorted by span: a set of non-overlapping mentions, which is what a
+        left-to-right entity-linking sequence can mark (nested children overlap their parent)."""
+        return tuple(sorted((lb for lb in self.labels if lb.parent is None), key=lambda lb: lb.span))
+
+    def linkable_labels(self) -> tuple[ElevantLabel, ...]:
+        """Labels whose gold entity is a QID (see :attr:`ElevantLabel.is_linkable`)."""
+        return tuple(lb for lb in self.labels if lb.is_linkable)
+
+
+# --------------------------------------------------------------------------- field validation
+
+
+def _int(value: Any, field: str, where: _Where) -> int:
+    return _typed(value, int, field, where)
+
+
+def _bool(raw: dict, key: str, field: str, where: _Where) -> bool:
+    """An optional boolean flag; absent or null means False (ELEVANT writes ``coref: null``)."""
+    value = raw.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise where.error(f"{field}.{key}", f"expected boolean, got {_json_type(value)}")
+    return value
+
+
+def _span(value: Any, field: str, text_length: int, where: _Where, allow_empty: bool) -> tuple[int, int]:
+    """``[start, end]`` with ``0 <= start < end <= len(text)`` (``start == end`` only if allowed)."""
+    _typed(value, list, field, where)
+    if len(value) != 2:
+        raise where.error(field, f"expected [start, end], got an array of {len(value)} items")
+    start, end = _int(value[0], f"{field}[0]", where), _int(value[1], f"{field}[1]", where)
+    if start < 0 or end > text_length:
+        raise where.error(field, f"span [{start}, {end}] is outside the text (length {text_length})")
+    if start > end or (start == end and not allow_empty):
+        raise where.error(field, f"span [{start}, {end}]: start must be < end")
+    return start, end
+
+
+def _optional_str(raw: dict, key: str, field: str, where: _Where) -> str | None:
+    value = raw.get(key)
+    return None if value is None else _typed(value, str, f"{field}.{key}", where)
+
+
+def _parse_label(raw: Any, index: int, text_length: int, where: _Where) -> ElevantLabel:
+    """One label; references to other labels are checked later, once all ids are known."""
+    field = f"labels[{index}]"
+    if not isinstance(raw, dict):
+        raise where.error(field, f"expected object, got {_json_type(raw)}")
+
+    def required(key: str) -> Any:
+        if key not in raw:
+            raise where.error(f"{field}.{key}", "missing required field")
+        return raw[key]
+
+    start, end = _span(required("span"), f"{field}.span", text_length, where, allow_empty=False)
+    entity_id = _typed(required("entity_id"), str, f"{field}.entity_id", where)
+    if not entity_id.strip():
+        raise where.error(f"{field}.entity_id", "must not be empty")
+    parent = raw.get("parent")
+    children = raw.get("children")
+    if children is None:
+        children = []
+    _typed(children, list, f"{field}.children", where)
+    return ElevantLabel(
+        span_start=start,
+        span_end=end,
+        entity_id=entity_id,
+        name=_typed(required("name"), str, f"{field}.name", where),
+        type=_optional_str(raw, "type", field, where),
+        parent=None if parent is None else _int(parent, f"{field}.parent", where),
+        children=tuple(_int(c, f"{field}.children[{j}]", where) for j, c in enumerate(children)),
+        id=index if raw.get("id") is None else _int(raw["id"], f"{field}.id", where),
+        optional=_bool(raw, "optional", field, where),
+        coref=_bool(raw, "coref", field, where),
+    )
+
+
+def _check_label_ids(labels: list[ElevantLabel], where: _Where) -> None:
+    """Label ids are unique, and every parent/child names a label of this article whose span nests."""
+    by_id: dict[int, ElevantLabel] = {}
+    for i, label in enumerate(labels):
+        if label.id in by_id:
+            raise where.error(f"labels[{i}].id", f"duplicate label id {label.id}")
+        by_id[label.id] = label
+    for i, label in enumerate(labels):
+        if label.parent is not None:
+            parent = by_id.get(label.parent)
+            if parent is None or parent is label:
+                raise where.error(f"labels[{i}].parent", f"names no other label of this article ({label.parent})")
+            if not (parent.span_start <= label.span_start and label.span_end <= parent.span_end):
+                raise where.error(
+                    f"labels[{i}].parent",
+                    f"span {list(label.span)} is not inside its parent's span {list(parent.span)}",
+                )
+        for j, child in enumerate(label.children):
+            if child not in by_id or child == label.id:
+                raise where.error(f"labels[{i}].children[{j}]", f"names no other label of this article ({child})")
+
+
+def _parse_article(raw: dict, where: _Where, benchmark: str) -> ElevantArticle:
+    """Fields in a fixed order (id first) so the first error reported is deterministic."""
+    article_id = _get(raw, "id", where)
+    if isinstance(article_id, bool) or not isinstance(article_id, (int, str)):
+        raise where.error("id", f"expected integer or string, got {_json_type(article_id)}")
+    title = _typed(_get(raw, "title", where), str, "title", where)
+    text = _typed(_get(raw, "text", where), str, "text", where)
+    evaluation_span = raw.get("evaluation_span")
+    if evaluation_span is not None:
+        evaluation_span = _span(evaluation_span, "evaluation_span", len(text), where, allow_empty=True)
+    raw_labels = _typed(_get(raw, "labels", where), list, "labels", where)
+    labels = [_parse_label(item, i, len(text), where) for i, item in enumerate(raw_labels)]
+    _check_label_ids(labels, where)
+    return ElevantArticle(
+        id=article_id,
+        title=title,
+        text=text,
+        evaluation_span=evaluation_span,
+        labels=tuple(labels),
+        benchmark=benchmark,
+    )
+
+
+# --------------------------------------------------------------------------- file reading
+
+
+def benchmark_name(path: str | os.PathLike) -> str:
+    """``.../msnbc.benchmark.jsonl(.gz)`` → ``"msnbc"``: the name ELEVANT gives the benchmark."""
+    name = source_name(path).replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in _COMPRESSION_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix in _BENCHMARK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _record_label(raw: _Raw) -> str:
+    """``line 3 (id 948)`` when the id is readable: the line finds it in an editor, the id in ELEVANT."""
+    value = raw.value
+    if isinstance(value, dict) and isinstance(value.get("id"), (int, str)) and not isinstance(value["id"], bool):
+        return f"{raw.position} (id {value['id']})"
+    return raw.position
+
+
+def _decode(file: str, raw: _Raw, benchmark: str, seen: dict[int | str, str]) -> ElevantArticle:
+    if raw.error is not None:
+        raise raw.error
+    where = _Where(file, _record_label(raw))
+    if not isinstance(raw.value, dict):
+        raise where.error(_FIELD_RECORD, f"expected object, got {_json_type(raw.value)}")
+    article = _parse_article(raw.value, where, benchmark)
+    first = seen.setdefault(article.id, raw.position)
+    if first != raw.position:
+        raise where.error("id", f"duplicate article id {article.id!r} (first seen at {first})")
+    return article
+
+
+def _load(
+    path: str | os.PathLike, benchmark: str | None, raise_errors: bool
+) -> tuple[list[ElevantArticle], list[DataError]]:
+    file = source_name(path)
+    name = benchmark if benchmark is not None else benchmark_name(path)
+    articles: list[ElevantArticle] = []
+    errors: list[DataError] = []
+    seen: dict[int | str, str] = {}
+    with open_text(path) as stream:
+        try:
+            for raw in _iter_jsonl(file, stream):
+                try:
+                    articles.append(_decode(file, raw, name, seen))
+                except DataError as exc:
+                    if raise_errors:
+                        raise
+                    errors.append(exc)
+        except UnicodeDecodeError as exc:
+            raise DataError(file, FILE_RECORD, _FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
+    return articles, errors
+
+
+# --------------------------------------------------------------------------- public loaders
+
+
+def load_elevant(
+    path: str | os.PathLike, on_error: OnError = "raise", benchmark: str | None = None
+) -> list[ElevantArticle]:
+    """Load an ELEVANT ``*.benchmark.jsonl`` file (local path or URL, optionally compressed).
+
+    ``benchmark`` names the articles' benchmark; by default it is the file name without
+    ``.benchmark.jsonl``. With ``on_error="skip"`` malformed articles are dropped; use
+    :func:`load_elevant_with_report` to see why. A file that is not UTF-8 always raises.
+    """
+    return _load(path, benchmark, _check_on_error(on_error))[0]
+
+
+def load_elevant_with_report(
+    path: str | os.PathLike, benchmark: str | None = None
+) -> tuple[list[ElevantArticle], list[DataError]]:
+    """Load ELEVANT, returning the valid articles and one :class:`DataError` per excluded article."""
+    return _load(path, benchmark, raise_errors=False)
