@@ -56,6 +56,7 @@ def build_tiny_backbone(cfg: TinyBackboneConfig, vocab_size: int, seed: int = 0)
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=cfg.tie_word_embeddings,
+        attention_dropout=cfg.attention_dropout,
     )
     torch.manual_seed(seed)
     if cfg.architecture == "qwen2":

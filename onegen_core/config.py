@@ -36,6 +36,7 @@ class TinyBackboneConfig:
     num_kv_heads: int = _f(2, "key/value heads (grouped-query attention)")
     max_position_embeddings: int = _f(4096, "longest sequence the rotary embedding is set up for")
     tie_word_embeddings: bool = _f(True, "share input and output embeddings")
+    attention_dropout: float = _f(0.0, "dropout on attention weights (a regulariser for a model trained from scratch)")
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -125,6 +126,21 @@ class CoreRunConfig:
 
 
 @dataclass
+class EncodeConfig:
+    checkpoint: str = _f("models/core", "trained checkpoint whose [RD] vectors fill the index")
+    uri: str = _f("data/index", "LanceDB URI: a local directory, or s3://bucket/path, gs://bucket/path")
+    table: str = _f("units", "table name")
+    granularity: Literal["sentence", "document"] = _f("sentence", "one [RD] per sentence or per document (as trained)")
+    hotpotqa: list[str] = _f([], "HotpotQA/2Wiki-format files whose context paragraphs are encoded")
+    wiki2: list[str] = _f([], "2WikiMultihopQA files whose context paragraphs are encoded")
+    passages: list[str] = _f([], "passage corpora ({title, text} JSON/JSONL) encoded too (open setting)")
+    batch_size: int = _f(32, "documents per forward pass")
+    max_doc_length: int = _f(320, "documents are truncated to this many tokens (cut units are counted)")
+    ann_min_rows: int = _f(50000, "build an IVF_PQ index at or above this many units; exact search below")
+    report_path: str = _f("metrics/encode.json", "counts of what was encoded")
+
+
+@dataclass
 class Params:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -132,6 +148,7 @@ class Params:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     core_run: CoreRunConfig = field(default_factory=CoreRunConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -58,3 +58,32 @@ def encode_documents(
             batch = []
     if batch:
         yield flush()
+
+
+def documents_from_multihop(records, granularity: str) -> list[Document]:
+    """Every context paragraph of the records, deduplicated by id (title + content hash), with the ids
+    training used, so a retrieved unit id can be checked against the gold labels."""
+    from onegen_core.reconstruct.multihop import paragraph_document
+
+    docs: dict[str, Document] = {}
+    for r in records:
+        for p in r.context:
+            if p.sentences:
+                d = paragraph_document(p, granularity)
+                docs.setdefault(d.id, d)
+    return list(docs.values())
+
+
+def documents_from_passages(passages, granularity: str) -> list[Document]:
+    """Passages `{title, text}` as documents; sentence granularity splits the text into sentences."""
+    from onegen_core.data.multihop import Paragraph
+    from onegen_core.reconstruct.multihop import paragraph_document
+    from onegen_core.sentences import split_sentences
+
+    docs: dict[str, Document] = {}
+    for p in passages:
+        sents = split_sentences(p.text)
+        para = Paragraph(p.title, tuple(s if i == 0 else " " + s for i, s in enumerate(sents)))
+        d = paragraph_document(para, granularity)
+        docs.setdefault(d.id, d)
+    return list(docs.values())

@@ -31,7 +31,9 @@ from onegen_core.index import Hit, VectorIndex, check_checkpoint
 from onegen_core.reconstruct.multihop import paste_paragraph
 from onegen_core.tokens import SpecialTokenIds
 
-TokenChooser = Callable[[int, torch.Tensor, list[int]], int]  # (row, next-token logits (vocab,), row sequence so far) -> token
+# (row, next-token logits (vocab,), row sequence so far) -> a token id to sample, or a list of ids fed
+# as one chunk without sampling (a user turn in a multi-round dialogue, a passage pasted by a pipeline)
+TokenChooser = Callable[[int, torch.Tensor, list[int]], "int | list[int]"]
 
 
 def default_paste(hit: Hit | None) -> str:
@@ -181,6 +183,11 @@ def generate(
                 r.finish = "length"
                 continue
             t = choose(b, next_logits[b], r.seq) if choose else _choose(next_logits[b], policy, gen)
+            if isinstance(t, (list, tuple)):
+                if not t:
+                    raise ValueError(f"row {b}: the chooser returned an empty chunk")
+                r.pending, r.injecting = list(t), True
+                continue
             r.sampled += 1
             if t == ids.eos:
                 r.finish = "eos"

@@ -157,3 +157,22 @@ def test_sampling_is_seeded(setup):
     a = generate(lm, tok, ["p", "qq"], index, pol, "ckpt-A")
     b = generate(lm, tok, ["p", "qq"], index, pol, "ckpt-A")
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
+
+
+def test_chooser_chunks_are_fed_in_one_pass_and_equal_recomputation(setup):
+    tok, lm, index = setup
+    turn = char_ids(tok, "next question")
+    calls = []
+    script = iter([char_ids(tok, "a")[0], turn, tok.convert_tokens_to_ids(RQ), char_ids(tok, "b")[0]])
+
+    def choose(row, logits, seq):
+        calls.append((list(seq), logits.clone()))
+        return next(script, SpecialTokenIds.from_tokenizer(tok).eos)
+
+    stats = EngineStats()
+    res = generate(lm, tok, ["p"], index, RetrievalPolicy(mode="link"), "ckpt-A", choose=choose, stats=stats)
+    assert tok.decode(res[0].token_ids) == "anext question[RQ]<CON>b"
+    assert stats.forward_passes == 1 + 4  # prefill, 'a', the turn as one chunk, [RQ]+<CON>, 'b'
+    assert res[0].retrievals[0].position == 1 + 1 + len(turn)
+    for seq, logits in calls:
+        assert torch.allclose(logits, no_cache_hidden(lm, seq)[1][-1], atol=1e-4)

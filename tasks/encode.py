@@ -1,0 +1,93 @@
+"""DVC stage `encode`: the trained model encodes every document as `{document} [RD]` into LanceDB.
+
+Resumable: the table records the checkpoint; re-running with the same checkpoint skips documents whose
+units are all stored and appends the rest, so an interrupted run loses at most one batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from onegen_core.backbone import checkpoint_id, load_pretrained
+from onegen_core.collator import OneGenCollator
+from onegen_core.config import EncodeConfig, LossConfig, load_params
+from onegen_core.corpus import documents_from_multihop, documents_from_passages, encode_documents
+from onegen_core.data import load_2wiki, load_hotpotqa, load_passages
+from onegen_core.model import OneGenModel
+from tasks.lance_index import LanceIndex
+
+log = logging.getLogger("onegen.encode")
+
+
+def collect_documents(cfg: EncodeConfig) -> list:
+    docs = []
+    for path in cfg.hotpotqa:
+        docs += documents_from_multihop(load_hotpotqa(path), cfg.granularity)
+    for path in cfg.wiki2:
+        docs += documents_from_multihop(load_2wiki(path), cfg.granularity)
+    for path in cfg.passages:
+        docs += documents_from_passages(load_passages(path), cfg.granularity)
+    unique = {}
+    for d in docs:
+        unique.setdefault(d.id, d)
+    return list(unique.values())
+
+
+def run(cfg: EncodeConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    lm, tokenizer, _ = load_pretrained(cfg.checkpoint)
+    ck = checkpoint_id(cfg.checkpoint)
+    model = OneGenModel(lm, LossConfig()).eval()
+    collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
+    docs = collect_documents(cfg)
+    index = LanceIndex.create(cfg.uri, lm.config.hidden_size, ck, cfg.table)
+    done = index.ids()
+    todo = [d for d in docs if not set(d.unit_ids()) <= done]
+    log.info("%d documents (%d units); %d already encoded by checkpoint %s; encoding %d",
+             len(docs), sum(len(d.unit_ids()) for d in docs), len(docs) - len(todo), ck, len(todo))
+    stats: Counter = Counter()
+    bar = tqdm(total=len(todo), desc="encode", unit="doc")
+    for records, vectors in encode_documents(model, collator, todo, cfg.batch_size, on_batch=bar.update, stats=stats):
+        index.add(records, vectors)
+    bar.close()
+    ann = index.build_ann_index(cfg.ann_min_rows)
+    report = {
+        "checkpoint_id": ck,
+        "uri": cfg.uri,
+        "table": cfg.table,
+        "documents": len(docs),
+        "documents_encoded_now": len(todo),
+        "units_in_index": len(index),
+        "units_truncated": stats.get("units_truncated", 0),
+        "documents_truncated": stats.get("documents_truncated", 0),
+        "ann_index": ann,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    Path(cfg.report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.report_path).write_text(json.dumps(report, indent=2))
+    log.info("encoded: %s", report)
+    if report["units_truncated"]:
+        log.warning("%d units lost their [RD] to truncation at %d tokens (raise encode.max_doc_length)",
+                    report["units_truncated"], cfg.max_doc_length)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.train_core import parse_overrides
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(load_params(args.params, parse_overrides(args.set)).encode)
+
+
+if __name__ == "__main__":
+    main()
