@@ -126,6 +126,53 @@ class CoreRunConfig:
 
 
 @dataclass
+class PrepareConfig:
+    hotpotqa_train: list[str] = _f([], "HotpotQA files whose questions are all training questions")
+    hotpotqa_dev: str = _f("", "HotpotQA dev file: the first `dev_train_count` questions train, the rest are held out")
+    dev_train_count: int = _f(100, "dev questions moved to training (the rest are held out for evaluation)")
+    wiki2_eval: list[str] = _f([], "2WikiMultihopQA files held out for evaluation")
+    elevant: list[str] = _f([], "ELEVANT benchmark JSONL files (entity linking)")
+    el_eval_benchmarks: list[str] = _f([], "ELEVANT benchmarks (file stems) kept for evaluation; the others train. Articles never cross the split")
+    kb: str = _f("", "entity KB JSONL {id, title, description}; empty = build the embedded KB from the benchmark labels")
+    kb_passages: list[str] = _f([], "passage corpora ({title, text}) whose passage of an entity's title becomes its description")
+    kb_context_passages: list[str] = _f([], "HotpotQA-format files whose context paragraphs serve as passages too")
+    on_error: Literal["raise", "skip"] = _f("skip", "malformed records: fail at once, or skip them (counted, listed in the report)")
+    max_skip_rate: float = _f(0.02, "fail the stage when more than this fraction of a file's records is skipped")
+    out_dir: str = _f("data/prepared", "where normalised records, the KB and the report are written")
+
+
+@dataclass
+class AnnotateConfig:
+    backend: Literal["heuristic", "openai", "hf"] = _f("heuristic", "decomposition annotator: supporting-facts heuristic (no LLM), an OpenAI-compatible endpoint, or a local HF model")
+    base_url: str = _f("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint (vLLM serving Qwen2-72B-Instruct)")
+    model: str = _f("Qwen/Qwen2-72B-Instruct", "model name sent to the endpoint")
+    api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (the key itself never goes in params)")
+    timeout_s: float = _f(120.0, "per-request timeout")
+    max_retries: int = _f(4, "retries on timeouts, connection errors, 429 and 5xx")
+    backoff_s: float = _f(1.0, "first retry delay (doubles each retry)")
+    max_backoff_s: float = _f(60.0, "longest retry delay")
+    temperature: float = _f(0.0, "sampling temperature of the annotator")
+    max_tokens: int = _f(1024, "longest answer")
+    max_concurrency: int = _f(8, "requests in flight at once")
+    max_attempts: int = _f(3, "answers requested per example before it is recorded as rejected")
+    hf_model_path: str = _f("", "local HF model directory (backend: hf)")
+    on_reject: Literal["heuristic", "drop"] = _f("heuristic", "examples whose answers were rejected: fall back to the heuristic decomposition, or drop them (counted)")
+    out_dir: str = _f("data/annotate", "cache (append-only, kept across runs), decompositions and report")
+
+
+@dataclass
+class LabelConfig:
+    positives_per_sentence: int = _f(1, "multi-hop: supporting sentences kept as positives per hop (Table 10), 0 = all")
+    negatives_per_positive: int = _f(0, "multi-hop: explicit negatives kept per positive (0 = every other unit)")
+    el_hard_negatives: int = _f(4, "entity linking: same-name candidate entities per mention")
+    el_random_negatives: int = _f(4, "entity linking: random entities per mention")
+    el_max_chars: int = _f(1500, "entity linking: articles are cut into windows of at most this many characters")
+    val_fraction: float = _f(0.1, "training examples held apart to validate during training")
+    seed: int = _f(0, "seed of negative sampling and the validation split")
+    out_dir: str = _f("data/label", "training JSONL (the documented format) and report")
+
+
+@dataclass
 class EncodeConfig:
     checkpoint: str = _f("models/core", "trained checkpoint whose [RD] vectors fill the index")
     uri: str = _f("data/index", "LanceDB URI: a local directory, or s3://bucket/path, gs://bucket/path")
@@ -148,6 +195,9 @@ class Params:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     core_run: CoreRunConfig = field(default_factory=CoreRunConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
 
 

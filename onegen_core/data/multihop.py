@@ -408,3 +408,22 @@ def load_2wiki(path: str | os.PathLike, on_error: OnError = "raise") -> list[Mul
 def load_2wiki_with_report(path: str | os.PathLike) -> tuple[list[MultiHopRecord], list[DataError]]:
     """Load 2Wiki, returning the valid records and one :class:`DataError` per excluded record."""
     return _load(path, _parse_2wiki, raise_errors=False)
+
+
+def record_to_dict(record: MultiHopRecord) -> dict[str, Any]:
+    """The official JSON form of a record (HotpotQA fields; 2Wiki adds `evidences`), which
+    `load_hotpotqa` / `load_2wiki` read back unchanged. `source` rides along as an extra field."""
+    out: dict[str, Any] = {
+        "_id": record.id,
+        "question": record.question,
+        "answer": record.answer,
+        "supporting_facts": [[f.title, f.sentence] for f in record.supporting_facts],
+        "context": [[p.title, list(p.sentences)] for p in record.context],
+        "type": record.type,
+        "source": record.source,
+    }
+    if record.level is not None:
+        out["level"] = record.level
+    if record.source == "2wiki":
+        out["evidences"] = [list(e) for e in record.evidences]
+    return out

@@ -1,0 +1,116 @@
+"""The data stages: prepare (strict, counted skips, split), labelling heuristics, and `dvc repro`."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from onegen_core.config import PrepareConfig
+from onegen_core.data.elevant import ElevantArticle, ElevantLabel
+from onegen_core.data.kb import Entity
+from onegen_core.labelling import EntityNegatives, _windows, cap_multihop_labels, entity_linking_examples
+from onegen_core.segments import Retrieval
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prepare_counts_skips_and_fails_over_the_threshold(tmp_path, shared_data):
+    from tasks.prepare import SkipRateExceeded, run
+
+    recs = json.loads((shared_data / "hotpotqa" / "train_sample.json").read_text())
+    del recs[3]["question"]  # one malformed record of 100
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps(recs))
+    cfg = PrepareConfig(hotpotqa_train=[str(bad)], max_skip_rate=0.05, out_dir=str(tmp_path / "out"))
+    report = run(cfg)
+    entry = report["files"][str(bad)]
+    assert (entry["records_in"], entry["records_out"], entry["skipped"]) == (100, 99, 1)
+    assert entry["skipped_by_field"] == {"question": 1} and "question" in entry["skips"][0]
+    cfg.max_skip_rate = 0.0
+    with pytest.raises(SkipRateExceeded, match="1/100"):
+        run(cfg)
+    cfg.on_error = "raise"
+    with pytest.raises(Exception, match="question"):
+        run(cfg)
+
+
+def test_prepare_refuses_a_question_in_both_splits(tmp_path, shared_data):
+    from onegen_core.data import DataError
+    from tasks.prepare import run
+
+    dev = shared_data / "hotpotqa" / "dev_distractor_sample.json"
+    cfg = PrepareConfig(hotpotqa_train=[str(dev)], hotpotqa_dev=str(dev), dev_train_count=100, out_dir=str(tmp_path))
+    with pytest.raises(DataError, match="both a training and a held-out"):
+        run(cfg)
+
+
+def test_windows_never_split_a_mention():
+    text = "aaaa bbbb cccc dddd eeee ffff"
+    spans = [(8, 16), (20, 27)]
+    wins = _windows(text, spans, max_chars=10)
+    assert wins[0][0] == 0 and wins[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(wins, wins[1:]))
+    for s, e in spans:
+        assert any(ws <= s and e <= we for ws, we in wins)
+
+
+def label(i, s, e, eid):
+    return ElevantLabel(s, e, eid, "n", None, None, (), id=i)
+
+
+def test_entity_linking_examples_and_negatives():
+    text = "Paris Hilton met Paris officials in France."
+    art = ElevantArticle(7, "", text, None, (label(0, 0, 12, "Q1"), label(1, 17, 22, "Q90"), label(2, 36, 42, "<NIL>")), "b")
+    kb_list = [Entity("Q1", "Paris Hilton", "a person"), Entity("Q90", "Paris", "a city"),
+               Entity("Q2", "Paris, Texas", "a town"), Entity("Q3", "Berlin", "a city")]
+    stats = Counter()
+    neg = EntityNegatives(kb_list, hard=2, random=1)
+    exs = entity_linking_examples(art, {e.id: e for e in kb_list}, neg, 1000, 0, stats)
+    assert len(exs) == 1 and stats["el_nil_mentions"] == 1 and stats["el_mentions_linked"] == 2
+    q_paris = exs[0].query("m1")
+    assert q_paris.positives == ("Q90",) and "Q90" not in q_paris.negatives
+    assert set(q_paris.negatives[:2]) <= {"Q1", "Q2"}  # same-name candidates first
+    assert sum(isinstance(s, Retrieval) for s in exs[0].segments) == 2
+
+
+def test_cap_multihop_labels_keeps_hard_negatives_first(shared_data):
+    from onegen_core.config import ReconstructConfig
+    from onegen_core.data import load_hotpotqa
+    from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
+
+    rec = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[0]
+    ex = reconstruct_multihop(rec, hops_from_supporting_facts(rec), ReconstructConfig())
+    capped = cap_multihop_labels(ex, positives=1, negatives_per_positive=2, seed=0)
+    unit_doc = {u: d.id for d in ex.documents for u in d.unit_ids()}
+    for q, full in zip(capped.queries, ex.queries):
+        assert len(q.positives) == 1 and len(q.negatives) == 2
+        gold = unit_doc[full.positives[0]]
+        hard = {u for u in full.negatives if unit_doc[u] == gold}  # same paragraph, not supporting
+        assert sum(u in hard for u in q.negatives) == min(2, len(hard))
+        assert set(q.negatives) <= set(full.negatives)
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_data_stages_on_a_fresh_copy(tmp_path, shared_data):
+    proj = tmp_path / "proj"
+    for name in ("onegen_core", "tasks", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", "pyproject.toml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / name if src.is_dir() else proj)
+    os.symlink(shared_data.parent, tmp_path / "shared")  # params.yaml reads ../shared/data
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (["git", "init", "-q"], dvc + ["repro", "label"]):
+        subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, text=True)
+    report = json.loads((proj / "data" / "label" / "report.json").read_text())
+    assert report["multihop_examples"] == 200 and report["el_examples"] > 0
+    assert (proj / "data" / "prepared" / "report.json").is_file()
+    first = (proj / "data" / "label" / "train.jsonl").read_text()
+    again = subprocess.run(dvc + ["repro", "label"], cwd=proj, env=env, check=True, capture_output=True, text=True)
+    assert "didn't change, skipping" in again.stdout and (proj / "data" / "label" / "train.jsonl").read_text() == first
