@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# prepare → annotate → label → train → encode through DVC (unchanged stages are skipped)
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/onegen train-core
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 dvc repro encode
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 dvc metrics show
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q

@@ -122,6 +122,8 @@ class CoreRunConfig:
     hotpotqa_train: list[str] = _f(["../shared/data/hotpotqa/train_sample.json"], "HotpotQA files trained on")
     hotpotqa_dev: str = _f("../shared/data/hotpotqa/dev_distractor_sample.json", "HotpotQA dev file, split in two")
     dev_train_count: int = _f(100, "the first N dev questions are trained on; the rest are held out")
+    train_file: str = _f("", "training JSONL from the label stage; empty = reconstruct from the HotpotQA files directly")
+    tasks: list[str] = _f(["multihop"], "which tasks of train_file to train on (multihop, entity_linking, selfrag)")
     metrics_path: str = _f("metrics/core_train.json", "where the run's figures are written")
 
 

@@ -5,7 +5,6 @@ units are all stored and appends the rest, so an interrupted run loses at most o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -14,11 +13,12 @@ from pathlib import Path
 
 from onegen_core.backbone import checkpoint_id, load_pretrained
 from onegen_core.collator import OneGenCollator
-from onegen_core.config import EncodeConfig, LossConfig, load_params
+from onegen_core.config import EncodeConfig, LossConfig
 from onegen_core.corpus import documents_from_multihop, documents_from_passages, encode_documents
 from onegen_core.data import load_2wiki, load_hotpotqa, load_passages
 from onegen_core.model import OneGenModel
 from tasks.lance_index import LanceIndex
+from tasks.stage_common import stage_params
 
 log = logging.getLogger("onegen.encode")
 
@@ -79,14 +79,7 @@ def run(cfg: EncodeConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tasks.train_core import parse_overrides
-
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(load_params(args.params, parse_overrides(args.set)).encode)
+    run(stage_params(__doc__, argv).encode)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ before and after training. The distributed Ray/DeepSpeed run builds on the same 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -18,12 +17,13 @@ import torch
 
 from onegen_core.backbone import build_backbone, save_checkpoint
 from onegen_core.collator import OneGenCollator
-from onegen_core.config import Params, flatten, load_params
+from onegen_core.config import Params, flatten
 from onegen_core.data import MultiHopRecord, load_hotpotqa
 from onegen_core.evaluation import held_out_losses
 from onegen_core.model import OneGenModel
 from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
 from onegen_core.retrieval_eval import retrieval_recall
+from onegen_core.segments import Text, TrainingExample
 from onegen_core.train_loop import StepMetrics, train
 
 log = logging.getLogger("onegen.train_core")
@@ -43,15 +43,31 @@ def split_records(p: Params) -> tuple[list[MultiHopRecord], list[MultiHopRecord]
     return train_recs, held
 
 
-def corpus_texts(records: list[MultiHopRecord], extra_files: list[str]):
-    """Texts the tiny backbone's BPE is trained on: the training questions, answers and passages, and
+def load_training_file(path: str, tasks: list[str]) -> list[TrainingExample]:
+    """The label stage's JSONL (the documented training format); errors name the line and field."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: training file missing; run `dvc repro label` (or set core_run.train_file: '')")
+    out = []
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            ex = TrainingExample.from_dict(json.loads(line), where=f"{path}:{n}")
+            if ex.task in tasks:
+                out.append(ex)
+    if not out:
+        raise ValueError(f"{path}: no examples of tasks {tasks}")
+    return out
+
+
+def corpus_texts(examples: list[TrainingExample], extra_files: list[str]):
+    """Texts the tiny backbone's BPE is trained on: the training examples' text and documents, and
     any extra passage files (never the held-out questions)."""
-    for r in records:
-        yield r.question
-        yield r.answer
-        for para in r.context:
-            yield para.title
-            yield para.text()
+    for ex in examples:
+        for seg in ex.segments:
+            if isinstance(seg, Text):
+                yield seg.text
+        for d in ex.documents:
+            yield d.title
+            yield " ".join(d.units)
     for path in extra_files:
         for item in json.loads(Path(path).read_text()):
             yield item["title"]
@@ -62,19 +78,26 @@ def run(p: Params) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(p.train.seed)
     train_recs, held_recs = split_records(p)
+
+    def build(records, cfg):
+        return [reconstruct_multihop(r, hops_from_supporting_facts(r), cfg, p.train.seed) for r in records]
+
+    if p.core_run.train_file:
+        train_ex = load_training_file(p.core_run.train_file, p.core_run.tasks)
+    else:
+        train_ex = build(train_recs, p.reconstruct)
+    # Held-out questions keep every context paragraph: Recall@1 is over the full distractor setting.
+    held_ex = build(held_recs, dataclasses.replace(p.reconstruct, max_negative_paragraphs=10_000))
+    overlap = {e.id for e in train_ex} & {e.id for e in held_ex}
+    if overlap:
+        raise ValueError(f"{len(overlap)} held-out questions are in the training file, e.g. {sorted(overlap)[:3]}")
     model_lm, tokenizer, ids, meta = build_backbone(
-        p.backbone, corpus_texts(train_recs, p.tokenizer.corpus), p.tokenizer.vocab_size,
+        p.backbone, corpus_texts(train_ex, p.tokenizer.corpus), p.tokenizer.vocab_size,
         p.tokenizer.min_frequency, p.train.seed,
     )
     n_params = sum(x.numel() for x in model_lm.parameters())
     log.info("backbone %s: %.2fM parameters, vocabulary %d", p.backbone.name, n_params / 1e6, len(tokenizer))
 
-    def build(records, cfg):
-        return [reconstruct_multihop(r, hops_from_supporting_facts(r), cfg, p.train.seed) for r in records]
-
-    # Held-out questions keep every context paragraph: Recall@1 is over the full distractor setting.
-    train_ex = build(train_recs, p.reconstruct)
-    held_ex = build(held_recs, dataclasses.replace(p.reconstruct, max_negative_paragraphs=10_000))
     log.info("examples: %d train, %d held out", len(train_ex), len(held_ex))
     collator = OneGenCollator(tokenizer, p.train.max_length, p.train.max_doc_length, p.loss.share_negatives)
     eval_collator = OneGenCollator(tokenizer, p.train.max_length, p.train.max_doc_length, share_negatives=False)
@@ -137,30 +160,14 @@ def _fmt(d: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a params key, e.g. -S train.epochs=2 (value parsed as YAML)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    p = load_params(args.params, parse_overrides(args.set))
+    from tasks.stage_common import stage_params
+
+    p = stage_params(__doc__, argv)
     r = run(p)
     b, a = r["held_out_before"], r["held_out_after"]
     print(f"held-out Recall@1 {b['recall_at_1']:.3f} -> {a['recall_at_1']:.3f}; "
           f"Lg {b['lm_loss']:.3f} -> {a['lm_loss']:.3f}; Lr {b['retrieval_loss']:.3f} -> {a['retrieval_loss']:.3f}; "
           f"checkpoint {r['checkpoint']}; metrics {p.core_run.metrics_path}")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"override {item!r} must be KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
 
 
 if __name__ == "__main__":
