@@ -18,7 +18,7 @@ install: $(STAMP)
 # prepare → annotate → label → train → encode through DVC (unchanged stages are skipped)
 run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 dvc repro encode
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 dvc metrics show
+	$(VENV)/bin/python -m tasks.summary
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
