@@ -124,8 +124,6 @@ class CoreRunConfig:
     dev_train_count: int = _f(100, "the first N dev questions are trained on; the rest are held out")
     train_file: str = _f("", "training JSONL from the label stage; empty = reconstruct from the HotpotQA files directly")
     tasks: list[str] = _f(["multihop"], "which tasks of train_file to train on (multihop, entity_linking, selfrag)")
-    pretrain_passages: list[str] = _f([], "tiny backbone only: passage corpora it is first trained on as a plain LM (it starts from random weights, unlike a real backbone)")
-    pretrain_steps: int = _f(0, "optimizer steps of that LM warm-up (0 = none)")
     metrics_path: str = _f("metrics/core_train.json", "where the run's figures are written")
 
 

@@ -100,8 +100,6 @@ def run(p: Params) -> dict:
 
     log.info("examples: %d train, %d held out", len(train_ex), len(held_ex))
     collator = OneGenCollator(tokenizer, p.train.max_length, p.train.max_doc_length, p.loss.share_negatives)
-    if p.backbone.is_tiny() and p.core_run.pretrain_steps:
-        warm_up_language_model(model_lm, collator, p)
     eval_collator = OneGenCollator(tokenizer, p.train.max_length, p.train.max_doc_length, share_negatives=False)
     model = OneGenModel(model_lm, p.loss)
 
@@ -151,26 +149,6 @@ def run(p: Params) -> dict:
     path.write_text(json.dumps(result, indent=2, default=float))
     log.info("wrote %s and checkpoint %s", path, out_dir)
     return result
-
-
-def warm_up_language_model(lm, collator: OneGenCollator, p: Params) -> None:
-    """A real backbone arrives pretrained; the tiny one starts from random weights. A short plain
-    next-token warm-up on passages gives it the language model OneGen fine-tuning assumes."""
-    from tqdm.auto import tqdm
-
-    from onegen_core.config import LossConfig
-    from onegen_core.data import load_passages
-
-    texts = [f"{x.title}: {x.text}" for path in p.core_run.pretrain_passages for x in load_passages(path)]
-    examples = [TrainingExample(f"lm{i}", "lm", (Text(t, generated=True),)) for i, t in enumerate(texts)]
-    cfg = dataclasses.replace(p.train, max_steps=p.core_run.pretrain_steps, epochs=10**6, batch_size=16,
-                              warmup_ratio=0.02)
-    bar = tqdm(total=cfg.max_steps, desc="lm warm-up", unit="step", mininterval=2)
-    hist = train(OneGenModel(lm, LossConfig(lambda_r=0.0)), collator, examples, cfg,
-                 on_step=lambda m: (bar.update(1), bar.set_postfix(lm=f"{m.lm_loss:.3f}")))
-    bar.close()
-    log.info("LM warm-up on %d passages: %d steps, loss %.3f -> %.3f", len(texts), len(hist), hist[0].lm_loss,
-             hist[-1].lm_loss)
 
 
 def _mean(xs: list[float]) -> float:
