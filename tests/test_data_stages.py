@@ -106,7 +106,8 @@ def test_dvc_repro_runs_the_data_stages_on_a_fresh_copy(tmp_path, shared_data):
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
     dvc = [sys.executable, "-m", "dvc"]
     for cmd in (["git", "init", "-q"], dvc + ["repro", "label"]):
-        subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     report = json.loads((proj / "data" / "label" / "report.json").read_text())
     assert report["multihop_examples"] == 200 and report["el_examples"] > 0
     assert (proj / "data" / "prepared" / "report.json").is_file()
