@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/python -m tasks.summary
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) models metrics

@@ -103,7 +103,9 @@ def test_dvc_repro_runs_the_data_stages_on_a_fresh_copy(tmp_path, shared_data):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / name if src.is_dir() else proj)
     os.symlink(shared_data.parent, tmp_path / "shared")  # params.yaml reads ../shared/data
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
+    # dvc runs each stage's `python -m tasks.…` from PATH: make it this interpreter's environment
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj), "PATH": path}
     dvc = [sys.executable, "-m", "dvc"]
     for cmd in (["git", "init", "-q"], dvc + ["repro", "label"]):
         done = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
