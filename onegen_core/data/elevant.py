@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FILE_RECORD, DataError
-from .multihop import OnError, _check_on_error, _get, _iter_jsonl, _json_type, _Raw, _typed, _Where
-from .open_source import open_text, source_name
+from .errors import DataError
+from .multihop import OnError, _check_on_error, collect_records, _get, _iter_jsonl, _json_type, _Raw, _typed, _Where
+from .open_source import source_name
 
 __all__ = [
     "NIL",
@@ -274,23 +274,9 @@ def _decode(file: str, raw: _Raw, benchmark: str, seen: dict[int | str, str]) ->
 def _load(
     path: str | os.PathLike, benchmark: str | None, raise_errors: bool
 ) -> tuple[list[ElevantArticle], list[DataError]]:
-    file = source_name(path)
     name = benchmark if benchmark is not None else benchmark_name(path)
-    articles: list[ElevantArticle] = []
-    errors: list[DataError] = []
     seen: dict[int | str, str] = {}
-    with open_text(path) as stream:
-        try:
-            for raw in _iter_jsonl(file, stream):
-                try:
-                    articles.append(_decode(file, raw, name, seen))
-                except DataError as exc:
-                    if raise_errors:
-                        raise
-                    errors.append(exc)
-        except UnicodeDecodeError as exc:
-            raise DataError(file, FILE_RECORD, _FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
-    return articles, errors
+    return collect_records(path, _iter_jsonl, lambda file, raw: _decode(file, raw, name, seen), raise_errors)
 
 
 # --------------------------------------------------------------------------- public loaders

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .errors import FILE_RECORD, DataError
-from .multihop import OnError, _check_on_error, _get, _iter_jsonl, _json_type, _Raw, _text, _typed, _Where
-from .open_source import open_text, source_name
+from .errors import DataError
+from .multihop import OnError, _check_on_error, collect_records, _get, _iter_jsonl, _json_type, _Raw, _text, _typed, _Where
+from .open_source import source_name
 
 __all__ = ["Entity", "load_kb", "load_kb_with_report", "write_kb"]
 
@@ -93,22 +93,8 @@ def _decode(file: str, raw: _Raw, seen: dict[str, str]) -> Entity:
 
 
 def _load(path: str | os.PathLike, raise_errors: bool) -> tuple[list[Entity], list[DataError]]:
-    file = source_name(path)
-    entities: list[Entity] = []
-    errors: list[DataError] = []
     seen: dict[str, str] = {}
-    with open_text(path) as stream:
-        try:
-            for raw in _iter_jsonl(file, stream):
-                try:
-                    entities.append(_decode(file, raw, seen))
-                except DataError as exc:
-                    if raise_errors:
-                        raise
-                    errors.append(exc)
-        except UnicodeDecodeError as exc:
-            raise DataError(file, FILE_RECORD, _FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
-    return entities, errors
+    return collect_records(path, _iter_jsonl, lambda file, raw: _decode(file, raw, seen), raise_errors)
 
 
 # --------------------------------------------------------------------------- public API

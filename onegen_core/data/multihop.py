@@ -349,26 +349,37 @@ def _decode(file: str, raw: _Raw, parse: _Parser, seen: dict[str, str]) -> Multi
     return parse(raw.value, where)
 
 
-def _load(
-    path: str | os.PathLike, parse: _Parser, raise_errors: bool
-) -> tuple[list[MultiHopRecord], list[DataError]]:
-    """Read and validate every record; raise the first error or collect per-record errors."""
+def collect_records(
+    path: str | os.PathLike,
+    iter_raw: Callable[[str, TextIO], Iterable[_Raw]],
+    decode: Callable[[str, _Raw], Any],
+    raise_errors: bool,
+) -> tuple[list, list[DataError]]:
+    """The loop every strict loader shares: decode each raw record, raise the first error or collect
+    one error per excluded record; a file that is not UTF-8 always raises."""
     file = source_name(path)
-    records: list[MultiHopRecord] = []
+    items: list = []
     errors: list[DataError] = []
-    seen: dict[str, str] = {}
     with open_text(path) as stream:
         try:
-            for raw in _iter_raw(file, stream):
+            for raw in iter_raw(file, stream):
                 try:
-                    records.append(_decode(file, raw, parse, seen))
+                    items.append(decode(file, raw))
                 except DataError as exc:
                     if raise_errors:
                         raise
                     errors.append(exc)
         except UnicodeDecodeError as exc:
             raise DataError(file, FILE_RECORD, _FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
-    return records, errors
+    return items, errors
+
+
+def _load(
+    path: str | os.PathLike, parse: _Parser, raise_errors: bool
+) -> tuple[list[MultiHopRecord], list[DataError]]:
+    """Read and validate every record; raise the first error or collect per-record errors."""
+    seen: dict[str, str] = {}
+    return collect_records(path, _iter_raw, lambda file, raw: _decode(file, raw, parse, seen), raise_errors)
 
 
 def _check_on_error(on_error: str) -> bool:

@@ -27,9 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from .errors import FILE_RECORD, DataError
-from .multihop import OnError, _check_on_error, _iter_raw, _json_type, _Raw, _text, _typed, _Where
-from .open_source import open_text, source_name
+from .errors import DataError
+from .multihop import OnError, _check_on_error, collect_records, _iter_raw, _json_type, _Raw, _text, _typed, _Where
 
 __all__ = [
     "CONTINUE_EVIDENCE",
@@ -344,21 +343,7 @@ def _decode(file: str, raw: _Raw) -> SelfRagExample:
 
 
 def _load(path: str | os.PathLike, raise_errors: bool) -> tuple[list[SelfRagExample], list[DataError]]:
-    file = source_name(path)
-    examples: list[SelfRagExample] = []
-    errors: list[DataError] = []
-    with open_text(path) as stream:
-        try:
-            for raw in _iter_raw(file, stream):
-                try:
-                    examples.append(_decode(file, raw))
-                except DataError as exc:
-                    if raise_errors:
-                        raise
-                    errors.append(exc)
-        except UnicodeDecodeError as exc:
-            raise DataError(file, FILE_RECORD, _FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
-    return examples, errors
+    return collect_records(path, _iter_raw, _decode, raise_errors)
 
 
 def load_selfrag(path: str | os.PathLike, on_error: OnError = "raise") -> list[SelfRagExample]:
