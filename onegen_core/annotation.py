@@ -552,7 +552,7 @@ class _Outcome:
     error: str | None = None
 
 
-def _annotate_one(record: MultiHopRecord, key: CacheKey, backend: Backend, max_attempts: int) -> _Outcome:
+def annotate_one(record: MultiHopRecord, key: CacheKey, backend: Backend, max_attempts: int) -> _Outcome:
     """Prompt → backend → parse, retrying a malformed answer up to ``max_attempts`` times."""
     prompt = build_prompt(record)
     rejection: AnnotationRejected | None = None
@@ -613,6 +613,30 @@ def _pending(records: Iterable[MultiHopRecord], backend: Backend, cache: Annotat
     return todo
 
 
+# A runner executes `annotate_one(record, key, backend, max_attempts)` for every pending item with at
+# most `concurrency` in flight and yields each outcome as it completes. Threads here; Ray tasks on a
+# cluster (tasks/annotate_ray.py). Outcomes always come back to the caller, the single cache writer.
+Runner = Callable[[list[tuple[MultiHopRecord, CacheKey]], Backend, int, int], Iterable["_Outcome"]]
+
+
+def thread_runner(todo: list[tuple[MultiHopRecord, CacheKey]], backend: Backend, max_attempts: int,
+                  concurrency: int) -> Iterator[_Outcome]:
+    """In-process: a bounded thread pool (requests are I/O-bound)."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate") as pool:
+        queue = iter(todo)
+        in_flight: set[Future[_Outcome]] = set()
+        while True:
+            for record, key in queue:  # top up to the bound; never queue more than can be lost
+                in_flight.add(pool.submit(annotate_one, record, key, backend, max_attempts))
+                if len(in_flight) >= concurrency:
+                    break
+            if not in_flight:
+                break
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+
+
 def annotate(
     records: Iterable[MultiHopRecord],
     backend: Backend,
@@ -620,13 +644,14 @@ def annotate(
     max_attempts: int,
     on_progress: Callable[[AnnotationReport], None] | None = None,
     max_concurrency: int | None = None,
+    runner: Runner | None = None,
 ) -> AnnotationReport:
     """Decompose every record not already final in ``cache``; return the counts.
 
     At most ``max_concurrency`` prompts are in flight (default: the backend's ``max_concurrency``
     attribute, else 1). Each result is written to the cache as soon as it completes, from this thread,
     so killing the process loses at most the in-flight requests. ``on_progress`` is called with the
-    report after every settled record.
+    report after every settled record. ``runner`` decides where requests run (default: threads).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -639,20 +664,9 @@ def annotate(
                 backend.name, backend.model, report.total, report.cached, report.duplicates, len(todo), concurrency)
     if on_progress is not None:
         on_progress(report)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate") as pool:
-        queue = iter(todo)
-        in_flight: set[Future[_Outcome]] = set()
-        while True:
-            for record, key in queue:  # top up to the bound; never queue more than can be lost
-                in_flight.add(pool.submit(_annotate_one, record, key, backend, max_attempts))
-                if len(in_flight) >= concurrency:
-                    break
-            if not in_flight:
-                break
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                _record_outcome(future.result(), cache, report)
-                if on_progress is not None:
-                    on_progress(report)
+    for outcome in (runner or thread_runner)(todo, backend, max_attempts, concurrency):
+        _record_outcome(outcome, cache, report)
+        if on_progress is not None:
+            on_progress(report)
     logger.info("annotation done: %s", json.dumps(report.to_dict()))
     return report

@@ -158,6 +158,8 @@ class AnnotateConfig:
     max_concurrency: int = _f(8, "requests in flight at once")
     max_attempts: int = _f(3, "answers requested per example before it is recorded as rejected")
     hf_model_path: str = _f("", "local HF model directory (backend: hf)")
+    executor: Literal["local", "ray"] = _f("local", "where requests run: in-process threads, or Ray tasks (a cluster fan-out)")
+    ray_address: str = _f("", "Ray cluster to join for executor 'ray' ('' = local Ray, 'auto', or 'ray://host:10001')")
     on_reject: Literal["heuristic", "drop"] = _f("heuristic", "examples whose answers were rejected: fall back to the heuristic decomposition, or drop them (counted)")
     out_dir: str = _f("data/annotate", "cache (append-only, kept across runs), decompositions and report")
 

@@ -50,8 +50,13 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
     else:
         bar = tqdm(total=len(records), desc="annotate", unit="q")
         with AnnotationCache(out / "cache.jsonl") as cache:
+            runner = None
+            if cfg.executor == "ray":
+                from tasks.annotate_ray import ray_runner
+
+                runner = ray_runner(cfg.ray_address)
             rep = annotate(records, backend, cache, cfg.max_attempts, max_concurrency=cfg.max_concurrency,
-                           on_progress=lambda r: bar.update(r.done - bar.n))
+                           on_progress=lambda r: bar.update(r.done - bar.n), runner=runner)
             bar.close()
             for r in records:
                 result = cache.get(cache_key(r, backend))

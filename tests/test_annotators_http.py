@@ -377,3 +377,26 @@ def test_local_hf_backend_is_greedy_and_uses_the_chat_template(tmp_path, char_to
     assert ids == char_tokenizer("<|user|>hi<|assistant|>", add_special_tokens=False)["input_ids"]
     first = backend.complete("hi")
     assert isinstance(first, str) and first == backend.complete("hi")
+
+
+@pytest.mark.slow
+def test_ray_fan_out_against_the_loopback_server(server, train_records, tmp_path):
+    """Requests run as Ray tasks on a local Ray; the driver writes the cache; a re-run sends nothing."""
+    ray = pytest.importorskip("ray")
+    from tasks.annotate_ray import ray_runner
+
+    state, url = server
+    records = train_records[:6]
+    backend = backend_for(url, "slowgood")
+    try:
+        with AnnotationCache(tmp_path / "cache.jsonl") as cache:
+            first = annotate(records, backend, cache, max_attempts=2, max_concurrency=3, runner=ray_runner())
+        assert first.accepted == 6 and first.requests == 6 and first.errors == 0
+        assert sorted(state.counts("slowgood")[r.id] for r in records) == [1] * 6
+        assert all(auth == f"Bearer {SECRET}" for m, _, auth in state.requests if m == "slowgood")
+        with AnnotationCache(tmp_path / "cache.jsonl") as cache:
+            again = annotate(records, backend, cache, max_attempts=2, max_concurrency=3, runner=ray_runner())
+            assert again.cached == 6 and again.requests == 0 and len(cache) == 6
+        assert SECRET not in (tmp_path / "cache.jsonl").read_text()
+    finally:
+        ray.shutdown()
