@@ -83,15 +83,12 @@ class OneGenCollator:
         stats: Counter = Counter()
         main = [encode_example(ex, self.tok, self.max_length) for ex in examples]
         docs: dict[str, Document] = {}
-        unit_owner: dict[str, set[int]] = {}  # unit id -> indices of examples that contain it
-        for e, ex in enumerate(examples):
+        for ex in examples:
             for d in ex.documents:
                 seen = docs.setdefault(d.id, d)
                 if seen.units != d.units:
                     raise ValueError(f"example {ex.id!r}: document {d.id!r} differs from the one of the same id "
                                      "in another example of the batch")
-                for u in d.unit_ids():
-                    unit_owner.setdefault(u, set()).add(e)
         doc_rows = [encode_document(d, self.tok, self.max_doc_length) for d in docs.values()]
 
         stats["examples"] += len(examples)
