@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Protocol, runtime_checkable
@@ -619,22 +619,34 @@ def _pending(records: Iterable[MultiHopRecord], backend: Backend, cache: Annotat
 Runner = Callable[[list[tuple[MultiHopRecord, CacheKey]], Backend, int, int], Iterable["_Outcome"]]
 
 
+def bounded(items: Iterable[Any], submit: Callable[[Any], Any],
+            wait_some: Callable[[list], tuple[list, list]], concurrency: int) -> Iterator[Any]:
+    """Keep at most `concurrency` submitted items in flight and yield finished handles as they come:
+    never more queued than a killed run can lose. `wait_some(in_flight) -> (done, still_in_flight)`."""
+    queue = iter(items)
+    in_flight: list = []
+    while True:
+        for item in queue:
+            in_flight.append(submit(item))
+            if len(in_flight) >= concurrency:
+                break
+        if not in_flight:
+            break
+        done, in_flight = wait_some(in_flight)
+        yield from done
+
+
 def thread_runner(todo: list[tuple[MultiHopRecord, CacheKey]], backend: Backend, max_attempts: int,
                   concurrency: int) -> Iterator[_Outcome]:
     """In-process: a bounded thread pool (requests are I/O-bound)."""
+    def wait_some(in_flight: list) -> tuple[list, list]:
+        done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
+        return list(done), list(pending)
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate") as pool:
-        queue = iter(todo)
-        in_flight: set[Future[_Outcome]] = set()
-        while True:
-            for record, key in queue:  # top up to the bound; never queue more than can be lost
-                in_flight.add(pool.submit(annotate_one, record, key, backend, max_attempts))
-                if len(in_flight) >= concurrency:
-                    break
-            if not in_flight:
-                break
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
+        submit = lambda item: pool.submit(annotate_one, item[0], item[1], backend, max_attempts)  # noqa: E731
+        for future in bounded(todo, submit, wait_some, concurrency):
+            yield future.result()
 
 
 def annotate(

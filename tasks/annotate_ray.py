@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from onegen_core.annotation import Backend, CacheKey, annotate_one
+from onegen_core.annotation import Backend, CacheKey, annotate_one, bounded
 from onegen_core.data import MultiHopRecord
 
 
@@ -27,17 +27,8 @@ def ray_runner(address: str = ""):
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         task = ray.remote(num_cpus=0, max_retries=0)(annotate_one)  # retries live in the backend
         backend_ref = ray.put(backend)
-        queue = iter(todo)
-        in_flight: list = []
-        while True:
-            for record, key in queue:  # top up to the bound; never queue more than can be lost
-                in_flight.append(task.remote(record, key, backend_ref, max_attempts))
-                if len(in_flight) >= concurrency:
-                    break
-            if not in_flight:
-                break
-            done, in_flight = ray.wait(in_flight, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
+        submit = lambda item: task.remote(item[0], item[1], backend_ref, max_attempts)  # noqa: E731
+        for ref in bounded(todo, submit, lambda refs: ray.wait(refs, num_returns=1), concurrency):
+            yield ray.get(ref)
 
     return run
