@@ -99,11 +99,15 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Save in Hugging Face format (safetensors) plus `onegen.json` (special-token ids, provenance)."""
+def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path, meta: dict | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save in Hugging Face format (safetensors) plus `onegen.json` (special-token ids, provenance).
+
+    `state_dict` replaces the model's own weights: under ZeRO-3 the module holds only a shard, and
+    the full weights come from DeepSpeed's consolidation."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     ids = SpecialTokenIds.from_tokenizer(tokenizer)
     full = {**(meta or {}), "special_tokens": ids.ids, "eos": ids.eos, "pad": ids.pad,

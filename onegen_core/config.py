@@ -103,6 +103,7 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_length: int = _f(1024, "main sequences are truncated to this many tokens (counted)")
     max_doc_length: int = _f(256, "document sequences are truncated to this many tokens (counted)")
+    schedule: Literal["cosine", "linear"] = _f("cosine", "decay after warm-up, down to lr * min_lr_ratio (linear to 0 = HF Trainer's default, which the paper's runs used)")
     log_every: int = _f(10, "log every N optimizer steps")
     output_dir: str = _f("models/core", "where the trained checkpoint is written")
 
@@ -113,6 +114,56 @@ class TrainConfig:
     def total_steps(self, n_examples: int) -> int:
         total = self.steps_per_epoch(n_examples) * self.epochs
         return min(total, self.max_steps) if self.max_steps else total
+
+
+@dataclass
+class TrainDataConfig:
+    """Data and validation of the distributed `train` stage."""
+
+    train_file: str = _f("data/label/train.jsonl", "training JSONL from the label stage (the documented format)")
+    val_file: str = _f("data/label/val.jsonl", "validation JSONL from the label stage: retrieval accuracy during training")
+    tasks: list[str] = _f(["multihop"], "which tasks of the files to train on (multihop, entity_linking, selfrag)")
+    eval_every: int = _f(25, "validate every N optimizer steps (and after the last)")
+    val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)")
+    init_dir: str = _f("models/init", "the initial backbone (tiny: trained tokenizer + seeded weights), built once so every worker and every resume start from it")
+    metrics_path: str = _f("metrics/train.json", "figures of the run (DVC metrics)")
+
+
+@dataclass
+class DistributedConfig:
+    """Ray Train + DeepSpeed: the same code on a laptop (CPU, gloo) and a GPU cluster (NCCL)."""
+
+    num_workers: int = _f(2, "Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = _f(False, "one GPU per worker (NCCL); false = CPU workers over gloo")
+    cpus_per_worker: float = _f(1.0, "CPUs Ray reserves per worker")
+    threads_per_worker: int = _f(1, "torch intra-op threads per worker (CPU)")
+    deepspeed_config: str = _f("infra/deepspeed/zero3.json", "DeepSpeed config; 'auto' values are filled from train/distributed")
+    bf16: bool = _f(False, "bf16 mixed precision (GPU profiles); fp32 on CPU")
+    ray_address: str = _f("", "Ray cluster to join ('' = start a local Ray; 'auto'; 'ray://head:10001')")
+    storage_path: str = _f("runs/ray", "where Ray Train keeps checkpoints (local dir, s3://…, or a shared filesystem on a cluster)")
+    checkpoint_every: int = _f(50, "report a checkpoint every N optimizer steps (and after the last)")
+    keep_checkpoints: int = _f(2, "checkpoints kept per run (older ones are deleted)")
+    max_failures: int = _f(1, "worker-group restarts from the latest checkpoint after a crash")
+    resume_from: str = _f("auto", "'auto': continue this run's latest checkpoint if its settings match; 'never'; or a checkpoint directory")
+    fail_at_step: int = _f(0, "testing: kill rank 1 after reporting this step, once (0 = off)")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = _f(False, "LoRA adapters (peft) instead of full fine-tuning")
+    r: int = _f(16, "adapter rank")
+    alpha: int = _f(32, "adapter scaling numerator")
+    dropout: float = _f(0.05, "dropout on the adapter input")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "linear layers that get adapters")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = _f("sqlite:///mlruns.db", "MLflow tracking store (relative sqlite paths resolve against the project root)")
+    artifact_location: str = _f("mlartifacts", "artifact root of experiments this project creates (dir, s3://…)")
+    experiment: str = _f("onegen", "experiment name")
+    registered_model: str = _f("onegen", "the final checkpoint is registered as a version of this model ('' = don't)")
+    log_checkpoint: bool = _f(True, "log the final Hugging Face checkpoint as run artifacts")
 
 
 @dataclass
@@ -193,11 +244,16 @@ class EncodeConfig:
 
 @dataclass
 class Params:
+    profile: str = _f("", "named settings in profiles/<name>.yaml laid over this file (e.g. paper-multihop-qwen2-1.5b)")
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    train_data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     core_run: CoreRunConfig = field(default_factory=CoreRunConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
@@ -269,19 +325,49 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Read params.yaml into `Params`; `overrides` maps dotted keys ('train.lr') to values."""
+    """Read params.yaml into `Params`; `overrides` maps dotted keys ('train.lr') to values.
+
+    Layers, last wins: params.yaml, then the profile it (or an override) names, read from
+    `profiles/<name>.yaml` beside it, then the overrides.
+    """
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = _read_mapping(path) if path.exists() else {}
+    profile = (overrides or {}).get("profile", data.get("profile", ""))
+    where = str(path)
+    if profile:
+        ppath = path.parent / "profiles" / f"{profile}.yaml"
+        if not ppath.is_file():
+            known = sorted(p.stem for p in (path.parent / "profiles").glob("*.yaml"))
+            raise ConfigError(f"profile '{profile}': no file {ppath} (known: {', '.join(known) or 'none'})")
+        where = f"{path} + {ppath}"
+        try:
+            deep_merge(data, _read_mapping(ppath))
+        except ConfigError as e:
+            raise ConfigError(f"{ppath}: {e}") from None
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     try:
         return from_dict(Params, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> None:
+    """Lay `over` onto `base` in place: mappings merge key by key, anything else replaces."""
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_merge(base[k], v, f"{prefix}{k}.")
+        elif isinstance(v, dict) and k in base and not isinstance(base[k], dict):
+            raise ConfigError(f"'{prefix}{k}' is a value, not a section")
+        else:
+            base[k] = v
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -10,6 +10,7 @@ Each loss term is returned separately so it can be logged (GritLM's habit).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,11 @@ class OneGenModel(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.loss_cfg = loss_cfg
+        # Set by a data-parallel loop whose ranks must make the same module calls (ZeRO-3 gathers a
+        # layer's weights with a collective on every call, forward and backward). Maps this rank's
+        # number of document chunks to the largest over ranks; the difference is made up with
+        # one-token dummy passes. None (single process): no padding calls.
+        self.agree_calls: Callable[[int], int] | None = None
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states after the final norm, (rows, seq, dim): the vectors the LM head
@@ -61,8 +67,18 @@ class OneGenModel(torch.nn.Module):
         a lot in length and padding them all to the longest one wasted ~40% of the decoder's work on
         HotpotQA paragraphs. Rows are independent, so the vectors are the same as one padded pass.
         """
+        n_chunks = -(-input_ids.shape[0] // rows_per_chunk) if index.shape[0] else 0
+        pad_calls = self.agree_calls(n_chunks) - n_chunks if self.agree_calls else 0
+        # dummy passes keep call counts equal across ranks; `* 0` keeps them in the graph so the
+        # backward pass (which gathers weights again under ZeRO-3) matches too
+        dummy = None
+        for _ in range(pad_calls):
+            h = self._dummy_pass(input_ids)  # (1, 1, dim)
+            dummy = h if dummy is None else dummy + h
         if index.shape[0] == 0:
-            return self.hidden_states(input_ids[:1, :1], attention_mask[:1, :1])[0, :0]  # (0, dim)
+            if dummy is None:
+                dummy = self._dummy_pass(input_ids)
+            return dummy.new_zeros((0, dummy.shape[-1])) + dummy.sum() * 0.0  # (0, dim)
         lengths = attention_mask.sum(dim=1)  # (rows,)
         order = lengths.argsort(descending=True)
         local = torch.full_like(lengths, -1)
@@ -76,7 +92,13 @@ class OneGenModel(torch.nn.Module):
             pieces.append(h[local[index[hit, 0]], index[hit, 1]])
             which.append(hit)
         vectors = torch.cat(pieces)  # (n, dim), in chunk order
-        return vectors[torch.cat(which).argsort()]
+        vectors = vectors[torch.cat(which).argsort()]
+        return vectors if dummy is None else vectors + dummy.sum() * 0.0
+
+    def _dummy_pass(self, like: torch.Tensor) -> torch.Tensor:
+        """One decoder pass over a single token: (1, 1, dim)."""
+        ids = torch.zeros((1, 1), dtype=torch.long, device=like.device)
+        return self.hidden_states(ids, torch.ones_like(ids))
 
     def forward(
         self,
@@ -95,11 +117,12 @@ class OneGenModel(torch.nn.Module):
 
         gen = batch.labels != IGNORE_INDEX  # (rows, seq)
         n_gen = int(gen.sum())
-        if n_gen and cfg.lambda_g > 0:
+        if cfg.lambda_g > 0 and (n_gen or self.agree_calls):
+            # under agree_calls the head runs even on zero rows: every rank calls it once
             logits = self.lm.get_output_embeddings()(hidden[gen])  # (n_gen, vocab)
             lm_sum = F.cross_entropy(logits.float(), batch.labels[gen], reduction="sum")
-            lm_loss = lm_sum / (gen_token_normaliser or n_gen)
-            lm_mean = (lm_sum / n_gen).detach()
+            lm_loss = lm_sum / (gen_token_normaliser or max(n_gen, 1))
+            lm_mean = (lm_sum / n_gen).detach() if n_gen else torch.tensor(float("nan"))
         else:
             lm_loss = zero
             lm_mean = torch.tensor(float("nan"))
@@ -108,7 +131,11 @@ class OneGenModel(torch.nn.Module):
             batch.positive_mask, batch.negative_mask, cfg.positives_per_query, cfg.negatives_per_positive, generator
         )
         n_pairs = len(pairs.query_rows)
-        if n_pairs and cfg.lambda_r > 0:
+        if cfg.lambda_r > 0 and not n_pairs and self.agree_calls:
+            # no pairs on this rank, but the other ranks encode documents: make the same calls
+            r_loss = zero + self.vectors_at(batch.doc_input_ids, batch.doc_attention_mask, batch.doc_index).sum() * 0.0
+            accuracy = float("nan")
+        elif n_pairs and cfg.lambda_r > 0:
             device = hidden.device
             q_all = gather_positions(hidden, batch.query_index)  # (n_queries, dim)
             d_all = self.vectors_at(batch.doc_input_ids, batch.doc_attention_mask, batch.doc_index)  # (n_units, dim)

@@ -1,8 +1,8 @@
 """The plain single-process OneGen training loop (CPU or one GPU).
 
 Reads top to bottom: order the data, collate micro-batches, forward once per micro-batch, backward,
-clip, step. The distributed loop (Ray Train + DeepSpeed) reuses `data_order`, `micro_batches_for_step`
-and `OneGenModel.forward`; only the optimizer plumbing differs.
+clip, step. The distributed loop (tasks/train_worker.py: Ray Train + DeepSpeed) reuses `data_order`,
+`micro_batches_for_step`, `forward_backward` and `summarise`; only the optimizer plumbing differs.
 """
 from __future__ import annotations
 
@@ -31,11 +31,38 @@ def data_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_examples, generator=g).tolist()
 
 
-def micro_batches_for_step(order: Sequence[int], step_in_epoch: int, cfg: TrainConfig) -> list[list[int]]:
-    """Example indices of the micro-batches of one optimizer step."""
-    per_step = cfg.batch_size * cfg.grad_accum
-    chunk = order[step_in_epoch * per_step:(step_in_epoch + 1) * per_step]
-    return [list(chunk[i:i + cfg.batch_size]) for i in range(0, len(chunk), cfg.batch_size)]
+def micro_batches_for_step(
+    order: Sequence[int], step_in_epoch: int, cfg: TrainConfig, rank: int = 0, world_size: int = 1
+) -> list[tuple[int, list[int]]]:
+    """(global micro-batch index, example indices) of the micro-batches `rank` runs in one
+    optimizer step.
+
+    A step consumes `batch_size * grad_accum * world_size` examples of `order`; rank r takes the
+    r-th contiguous block of `batch_size * grad_accum` and splits it into micro-batches. The global
+    index numbers micro-batches across ranks, so the single-process run over the same global batch
+    (`grad_accum * world_size` micro-batches, world_size=1) sees the very same micro-batches with
+    the same indices, and the same pair-sampling seeds (see `pair_seed`).
+    """
+    per_rank = cfg.batch_size * cfg.grad_accum
+    start = step_in_epoch * per_rank * world_size + rank * per_rank
+    chunk = order[start:start + per_rank]
+    first = rank * cfg.grad_accum
+    return [(first + j, list(chunk[i:i + cfg.batch_size])) for j, i in enumerate(range(0, len(chunk), cfg.batch_size))]
+
+
+def steps_per_epoch(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """Single process: a short last micro-batch is kept. Several ranks: only full global batches,
+    because every rank must run the same number of micro-batches (each forward and backward is a
+    collective under ZeRO-3); the few examples left over differ each epoch, since the order does."""
+    if world_size == 1:
+        return cfg.steps_per_epoch(n_examples)
+    return n_examples // (cfg.batch_size * cfg.grad_accum * world_size)
+
+
+def pair_seed(seed: int, step: int, micro_index: int) -> int:
+    """Seed of the positive/negative sampling of one micro-batch, a pure function of (seed, step,
+    global micro-batch index): a resumed run and a differently sharded run sample the same pairs."""
+    return ((seed + 17) * 1_000_003 + step) * 1_000_003 + micro_index
 
 
 @dataclass
@@ -60,25 +87,32 @@ class StepMetrics:
 
 def forward_backward(
     model: OneGenModel,
-    batches: list[Batch],
-    grad_accum: int,
-    generator: torch.Generator,
+    batches: list[tuple[int, Batch]],
+    step: int,
+    seed: int,
     backward: Callable[[torch.Tensor], None],
+    gen_tokens_in_step: int | None = None,
+    micro_batches_in_step: int | None = None,
 ) -> dict:
-    """Forward and backward over the micro-batches of one step; returns summed figures.
+    """Forward and backward over this process's micro-batches of one step; returns summed figures.
 
-    Token losses are normalised by the GEN tokens of the whole step (every token weighs the same);
-    the retrieval loss is averaged over micro-batches.
+    `batches` holds (global micro-batch index, batch). Token losses are normalised by the GEN tokens
+    of the whole step (`gen_tokens_in_step`, summed over every rank; default: these batches), so every
+    token weighs the same whatever micro-batch or rank it falls in; the retrieval loss is a mean over
+    pairs per micro-batch, averaged over the step's micro-batches (`micro_batches_in_step`). Summing
+    the returned `loss` over ranks gives the loss of the same global batch run in one process.
     """
-    n_gen = sum(b.n_gen_tokens for b in batches) or None
-    tot = {"loss": 0.0, "lm": 0.0, "lm_tokens": 0, "ret": 0.0, "ret_n": 0, "acc": 0.0, "tokens": 0}
+    n_gen = gen_tokens_in_step if gen_tokens_in_step is not None else sum(b.n_gen_tokens for _, b in batches)
+    n_micro = micro_batches_in_step or len(batches)
+    tot = {"loss": 0.0, "lm_sum": 0.0, "lm_tokens": 0, "ret": 0.0, "ret_n": 0, "acc": 0.0, "tokens": 0}
     stats: Counter = Counter()
-    for b in batches:
-        out = model(b, generator=generator, gen_token_normaliser=n_gen, pair_normaliser=1.0 / len(batches))
+    for micro_index, b in batches:
+        gen = torch.Generator().manual_seed(pair_seed(seed, step, micro_index))
+        out = model(b, generator=gen, gen_token_normaliser=n_gen or None, pair_normaliser=1.0 / n_micro)
         backward(out.loss)
         tot["loss"] += float(out.loss.detach())
         if out.n_gen_tokens:
-            tot["lm"] += float(out.lm_loss) * out.n_gen_tokens
+            tot["lm_sum"] += float(out.lm_loss) * out.n_gen_tokens
             tot["lm_tokens"] += out.n_gen_tokens
         if out.n_pairs:
             tot["ret"] += float(out.retrieval_loss)
@@ -96,7 +130,7 @@ def summarise(tot: dict, step: int, epoch: int, lr: float, seconds: float, grad_
         step=step,
         epoch=epoch,
         loss=tot["loss"],
-        lm_loss=tot["lm"] / tot["lm_tokens"] if tot["lm_tokens"] else nan,
+        lm_loss=tot["lm_sum"] / tot["lm_tokens"] if tot["lm_tokens"] else nan,
         retrieval_loss=tot["ret"] / tot["ret_n"] if tot["ret_n"] else nan,
         pair_accuracy=tot["acc"] / tot["ret_n"] if tot["ret_n"] else nan,
         lr=lr,
@@ -129,20 +163,19 @@ def train(
     )
     total = cfg.total_steps(len(examples))
     warmup = int(math.ceil(cfg.warmup_ratio * total))
-    pair_gen = torch.Generator().manual_seed(cfg.seed + 17)
     history: list[StepMetrics] = []
     step = 0
     for epoch in range(cfg.epochs):
         order = data_order(len(examples), cfg.seed, epoch)
-        for s in range(cfg.steps_per_epoch(len(examples))):
+        for s in range(steps_per_epoch(len(examples), cfg)):
             if step >= total:
                 return history
             t0 = time.perf_counter()
-            lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio)
+            lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = [collator([examples[i] for i in mb]).to(device) for mb in micro_batches_for_step(order, s, cfg)]
-            tot = forward_backward(model, batches, cfg.grad_accum, pair_gen, lambda loss: loss.backward())
+            batches = [(j, collator([examples[i] for i in mb]).to(device)) for j, mb in micro_batches_for_step(order, s, cfg)]
+            tot = forward_backward(model, batches, step, cfg.seed, lambda loss: loss.backward())
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

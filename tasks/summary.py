@@ -8,14 +8,23 @@ from pathlib import Path
 
 def main(paths: list[str] | None = None) -> None:
     metrics = Path("metrics")
+    tr = metrics / "train.json"
+    if tr.is_file():
+        r = json.loads(tr.read_text())
+        b, a = r["val_before"], r["val_after"]
+        print(f"train: {r['steps']} steps on {r['workers']} Ray workers (DeepSpeed) in {r['seconds']:.0f} s -> {r['checkpoint']}")
+        print(f"  Lg {r['lm_loss_first']:.3f} -> {r['lm_loss_last']:.3f}, Lr {r['retrieval_loss_first']:.3f} -> "
+              f"{r['retrieval_loss_last']:.3f}; validation ({int(a.get('queries', 0))} [RQ]) Recall@1 "
+              f"{b.get('recall_at_1', float('nan')):.3f} -> {a.get('recall_at_1', float('nan')):.3f}")
+        print(f"  MLflow: run {r['mlflow_run_id']} in experiment '{r['mlflow_experiment']}' at {r['mlflow_tracking_uri']}"
+              f" (model version {r.get('model_version') or '-'}); browse with `mlflow ui --backend-store-uri "
+              f"{r['mlflow_tracking_uri']}`")
     core = metrics / "core_train.json"
     if core.is_file():
         r = json.loads(core.read_text())
         b, a = r["held_out_before"], r["held_out_after"]
-        print(f"train: {r['steps']} steps on {r['train_examples']} examples in {r['seconds']:.0f} s -> {r['checkpoint']}")
-        print(f"  held-out ({r['held_out_examples']} questions, {int(a['queries'])} [RQ]):"
-              f" Lg {b['lm_loss']:.3f} -> {a['lm_loss']:.3f}, Lr {b['retrieval_loss']:.3f} -> {a['retrieval_loss']:.3f},"
-              f" Recall@1 {b['recall_at_1']:.3f} -> {a['recall_at_1']:.3f}, Recall@5 {b['recall_at_5']:.3f} -> {a['recall_at_5']:.3f}")
+        print(f"train-core (single process, `onegen train-core`): held-out HotpotQA Recall@1 "
+              f"{b['recall_at_1']:.3f} -> {a['recall_at_1']:.3f}")
     enc = metrics / "encode.json"
     if enc.is_file():
         e = json.loads(enc.read_text())

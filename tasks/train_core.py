@@ -25,6 +25,7 @@ from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_mult
 from onegen_core.retrieval_eval import retrieval_recall
 from onegen_core.segments import Text, TrainingExample
 from onegen_core.train_loop import StepMetrics, train
+from tasks.train_data import load_examples as load_training_file
 
 log = logging.getLogger("onegen.train_core")
 
@@ -41,21 +42,6 @@ def split_records(p: Params) -> tuple[list[MultiHopRecord], list[MultiHopRecord]
     if overlap:  # never evaluate on what was trained on
         raise ValueError(f"{len(overlap)} held-out questions are also training questions, e.g. {sorted(overlap)[:3]}")
     return train_recs, held
-
-
-def load_training_file(path: str, tasks: list[str]) -> list[TrainingExample]:
-    """The label stage's JSONL (the documented training format); errors name the line and field."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: training file missing; run `dvc repro label` (or set core_run.train_file: '')")
-    out = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            ex = TrainingExample.from_dict(json.loads(line), where=f"{path}:{n}")
-            if ex.task in tasks:
-                out.append(ex)
-    if not out:
-        raise ValueError(f"{path}: no examples of tasks {tasks}")
-    return out
 
 
 def corpus_texts(examples: list[TrainingExample], extra_files: list[str]):

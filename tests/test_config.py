@@ -51,3 +51,34 @@ def test_derived_steps():
     assert p.train.steps_per_epoch(17) == 2  # 5 micro-batches → 2 full steps
     p.train.max_steps = 4
     assert p.train.total_steps(17) == 4
+
+
+def test_paper_profiles_load_strictly_and_their_deepspeed_configs_validate():
+    from onegen_core.config import load_params
+    from tasks.ds_config import resolved_ds_config, validate
+
+    root = Path(__file__).resolve().parents[1]
+    names = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+    assert len(names) == 4
+    for name in names:
+        p = load_params(root / "params.yaml", {"profile": name})
+        assert not p.backbone.is_tiny() and p.distributed.use_gpu and p.distributed.bf16
+        assert p.loss.lambda_g == p.loss.lambda_r == 1.0
+        cfg = resolved_ds_config(p, p.distributed.num_workers, 2048)
+        assert cfg["bf16"]["enabled"] is True
+        assert cfg["train_batch_size"] == p.train.batch_size * p.train.grad_accum * p.distributed.num_workers
+        validate(cfg, p.distributed.num_workers)
+    el = load_params(root / "params.yaml", {"profile": "paper-el-llama2-7b", "train.lr": 1e-5})
+    assert el.train.lr == 1e-5 and el.train.epochs == 6 and el.train_data.tasks == ["entity_linking"]
+
+
+def test_profile_errors_name_the_profile(tmp_path):
+    from onegen_core.config import ConfigError, load_params
+
+    (tmp_path / "params.yaml").write_text("profile: nope\n")
+    with pytest.raises(ConfigError, match="profile 'nope'"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "bad.yaml").write_text("train:\n  lr_typo: 1.0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*train.lr_typo"):
+        load_params(tmp_path / "params.yaml", {"profile": "bad"})

@@ -43,8 +43,8 @@ def test_data_order_depends_on_seed_and_epoch_only():
 
 def test_micro_batches():
     cfg = TrainConfig(batch_size=2, grad_accum=2)
-    assert micro_batches_for_step(list(range(9)), 0, cfg) == [[0, 1], [2, 3]]
-    assert micro_batches_for_step(list(range(9)), 1, cfg) == [[4, 5], [6, 7]]
+    assert micro_batches_for_step(list(range(9)), 0, cfg) == [(0, [0, 1]), (1, [2, 3])]
+    assert micro_batches_for_step(list(range(9)), 1, cfg) == [(0, [4, 5]), (1, [6, 7])]
 
 
 @pytest.mark.slow
@@ -78,3 +78,25 @@ def test_training_is_deterministic(char_tokenizer):
         losses.append([m.loss for m in hist])
     assert losses[0] == losses[1]
     torch.manual_seed(0)
+
+
+def test_ranks_split_the_single_process_micro_batches_with_the_same_indices():
+    from onegen_core.train_loop import steps_per_epoch
+
+    order = list(range(40))
+    single = TrainConfig(batch_size=2, grad_accum=4)
+    ranked = TrainConfig(batch_size=2, grad_accum=2)
+    for step in range(3):
+        whole = micro_batches_for_step(order, step, single)
+        split = [mb for r in range(2) for mb in micro_batches_for_step(order, step, ranked, rank=r, world_size=2)]
+        assert split == whole
+    assert steps_per_epoch(41, ranked, world_size=2) == 5  # only full global batches of 8
+    assert steps_per_epoch(41, ranked) == 10  # one process keeps the short last micro-batch
+
+
+def test_linear_schedule_reaches_the_floor():
+    from onegen_core.schedule import lr_at
+
+    assert lr_at(0, 10, 1.0, 0, 0.0, "linear") == 1.0
+    assert lr_at(5, 10, 1.0, 0, 0.0, "linear") == 0.5
+    assert lr_at(10, 10, 1.0, 0, 0.0, "linear") == 0.0
