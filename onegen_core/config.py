@@ -134,7 +134,8 @@ class DistributedConfig:
     """Ray Train + DeepSpeed: the same code on a laptop (CPU, gloo) and a GPU cluster (NCCL)."""
 
     num_workers: int = _f(2, "Ray Train workers (data-parallel ranks)")
-    use_gpu: bool = _f(False, "one GPU per worker (NCCL); false = CPU workers over gloo")
+    use_gpu: bool = _f(False, "GPU workers over NCCL; false = CPU workers over gloo")
+    gpus_per_worker: float = _f(1.0, "GPUs Ray reserves per worker (use_gpu)")
     cpus_per_worker: float = _f(1.0, "CPUs Ray reserves per worker")
     threads_per_worker: int = _f(1, "torch intra-op threads per worker (CPU)")
     deepspeed_config: str = _f("infra/deepspeed/zero3.json", "DeepSpeed config; 'auto' values are filled from train/distributed")

@@ -30,7 +30,7 @@ log = logging.getLogger("onegen.train")
 # settings that change how a run is executed or recorded, not what it computes
 VOLATILE_KEYS = ("distributed.resume_from", "distributed.fail_at_step", "distributed.ray_address",
                  "distributed.storage_path", "distributed.max_failures", "distributed.checkpoint_every",
-                 "distributed.keep_checkpoints", "distributed.cpus_per_worker", "train.log_every",
+                 "distributed.keep_checkpoints", "distributed.cpus_per_worker", "distributed.gpus_per_worker", "train.log_every",
                  "train_data.metrics_path", "train.output_dir")
 TRAINING_SECTIONS = ("profile", "backbone", "tokenizer", "loss", "train", "train_data", "distributed", "lora")
 
@@ -186,7 +186,7 @@ def fit(p: Params, config: dict[str, Any], run_name: str, storage: Path):
     from tasks.train_worker import worker_loop
 
     d = p.distributed
-    resources = {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
+    resources = {"CPU": d.cpus_per_worker, **({"GPU": d.gpus_per_worker} if d.use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=config,
