@@ -6,9 +6,9 @@ Both steps run forward + backward + AdamW on the same collated batch of HotpotQA
 - OneGen: the main sequences plus every document of the batch (`{document} [RD]`), BPR/InfoNCE on
   the [RQ]/[RD] vectors.
 OneGen processes more tokens (the documents), so the fair question is what it costs *beyond* them:
-  tokens/s ratio  = SFT tokens/s ÷ OneGen tokens/s (1.0 = a document token costs what a main token costs)
-  extra beyond documents = (t_OneGen − t_SFT − doc_tokens ÷ SFT tokens/s) ÷ t_SFT
-The goal is ≤ 15% for the first. Rounds alternate SFT and OneGen and the fastest of each is kept (this
+  tokens/s ratio = SFT tokens/s ÷ OneGen tokens/s, where OneGen's tokens include the documents'
+(1.0 = OneGen processes a token as fast as SFT; the goal is ≤ 1.15). Below 1 means a document token
+is cheaper than a main token (documents have no LM head over the vocabulary). Rounds alternate SFT and OneGen and the fastest of each is kept (this
 machine is noisy); the figures come from one run. Writes metrics/train_throughput.json.
 
     python bench/train_throughput.py [--rounds 5] [--batch 4] [--out metrics]
@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
         "sft_tokens_per_s": sft_tps,
         "onegen_tokens_per_s": og_tps,
         "tokens_per_s_ratio_sft_over_onegen": sft_tps / og_tps,
-        "extra_beyond_document_tokens": (o - s - doc_tokens / sft_tps) / s,
         "step_time_ratio_onegen_over_sft": o / s,
         "goal_tokens_per_s_ratio_at_most": 1.15,
         "loss": p.loss.kind,
@@ -105,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"SFT (λr=0)  step {s:.3f} s  {sft_tps:,.0f} tokens/s")
     print(f"OneGen      step {o:.3f} s  {og_tps:,.0f} tokens/s (main + documents)")
     print(f"tokens/s ratio SFT/OneGen = {result['tokens_per_s_ratio_sft_over_onegen']:.3f} (goal ≤ 1.15); "
-          f"extra cost beyond the document tokens = {100 * result['extra_beyond_document_tokens']:+.1f}% of an SFT step; "
-          f"step-time ratio {result['step_time_ratio_onegen_over_sft']:.2f}")
+          f"step-time ratio OneGen/SFT {result['step_time_ratio_onegen_over_sft']:.2f} "
+          f"(the batch has {doc_tokens / main_tokens:.1f}x as many document tokens as main tokens)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")

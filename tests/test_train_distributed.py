@@ -189,3 +189,16 @@ def test_deepspeed_configs_validate_with_deepspeeds_parser():
         validate(bad, 2)
     with pytest.raises(ValueError, match="train_batch_size"):
         validate({**resolved_ds_config(load_params(ROOT / "params.yaml"), 2, 256), "train_batch_size": 3}, 2)
+
+
+def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(uninterrupted):
+    """Same settings → same Ray run name → Ray restores the run's latest checkpoint (how an
+    interrupted `dvc repro train` continues); a finished run has nothing left to do."""
+    from tasks.train import run
+
+    p, _, a = uninterrupted
+    before = history(a)
+    again = run(p)
+    assert again["ray_run"] == a["ray_run"] and again["mlflow_run_id"] == a["mlflow_run_id"]
+    assert history(again) == before
+    assert again["ray_checkpoint"] == a["ray_checkpoint"]
