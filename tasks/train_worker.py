@@ -72,12 +72,13 @@ def worker_loop(config: dict[str, Any]) -> None:
     collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
     eval_collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
 
+    if p.lora.enabled and config["ds_config"].get("zero_optimization", {}).get("stage", 0) == 3:
+        _register_token_adapter_weights(lm)
     params = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [q for n, q in params if q.dim() >= 2], "weight_decay": t_cfg.weight_decay},
-         {"params": [q for n, q in params if q.dim() < 2], "weight_decay": 0.0}],
-        lr=t_cfg.lr, betas=(0.9, 0.95),
-    )
+    groups = [{"params": [q for n, q in params if q.dim() >= 2], "weight_decay": t_cfg.weight_decay},
+              {"params": [q for n, q in params if q.dim() < 2], "weight_decay": 0.0}]
+    # no empty groups (LoRA has no 1-d trainable weights): DeepSpeed drops them, the scheduler would not
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.lr, betas=(0.9, 0.95))
     # the lr of step s is lr_at(s): DeepSpeed steps this scheduler once per optimizer step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total, t_cfg.lr, warmup, t_cfg.min_lr_ratio, t_cfg.schedule) / t_cfg.lr
@@ -184,6 +185,19 @@ def build_lm(config: dict[str, Any], p):
     if p.lora.enabled:
         lm = apply_lora(lm, p.lora, special)
     return lm, tokenizer, special
+
+
+def _register_token_adapter_weights(lm) -> None:
+    """peft's trainable-token layers read their base layer's weight and their own token deltas (held
+    in a ParameterDict, a child module that is never called) inside their forward; ZeRO-3 only
+    gathers a weight around its owner's forward, so tell it the wrapper uses those weights too."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    for module in lm.modules():
+        if type(module).__name__ == "TrainableTokensLayer":
+            register_external_parameter(module, module.base_layer.weight)
+            for delta in module.trainable_tokens_delta.parameters():
+                register_external_parameter(module, delta)
 
 
 def report_checkpoint(engine, lm, tokenizer, config, p, step, total, metrics, rank, zero3, special) -> None:

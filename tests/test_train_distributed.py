@@ -202,3 +202,26 @@ def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(uninterru
     assert again["ray_run"] == a["ray_run"] and again["mlflow_run_id"] == a["mlflow_run_id"]
     assert history(again) == before
     assert again["ray_checkpoint"] == a["ray_checkpoint"]
+
+
+def test_lora_under_zero3_trains_adapters_and_saves_merged_weights(ray_session, data_dir, tmp_path_factory):
+    """LoRA is one setting: the same ZeRO-3 run trains adapters and the OneGen token rows only, and
+    the published checkpoint is a plain model with the adapters merged in."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tasks.train import run
+
+    work = tmp_path_factory.mktemp("run_lora")
+    p = params_for(data_dir, work, **{"lora.enabled": True, "lora.r": 4, "train.max_steps": 2})
+    s = run(p)
+    init = load_file(str(Path(p.train_data.init_dir) / "model.safetensors"))
+    out = load_file(str(Path(s["checkpoint"]) / "model.safetensors"))
+    assert set(out) == set(init)  # no adapter keys left: merged
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(out[q], init[q])  # the adapter's update is folded in
+    emb = "model.embed_tokens.weight"
+    changed = (out[emb] - init[emb]).abs().sum(1).nonzero().flatten().tolist()
+    from onegen_core.backbone import read_meta
+    special = set(read_meta(p.train_data.init_dir)["special_tokens"].values())
+    assert changed and set(changed) <= special  # only OneGen token rows of the embedding moved
