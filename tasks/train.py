@@ -43,12 +43,23 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def code_digest() -> str:
+    """Digest of the code a training step runs (the core and the worker loop): a finished run is
+    reused only by the same code, while a resume after a crash or Ctrl-C still finds its run."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted([*(root / "onegen_core").rglob("*.py"), root / "tasks" / "train_worker.py"]):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def run_fingerprint(p: Params) -> str:
-    """Digest of the settings that change training, plus the training data's content."""
+    """Digest of the settings that change training, the training data's content and the code."""
     flat = {k: v for k, v in flatten(p).items()
             if k.split(".")[0] in TRAINING_SECTIONS and not k.startswith(VOLATILE_KEYS) and not k.startswith("mlflow")}
     files = {f: file_digest(f) for f in (p.train_data.train_file, p.train_data.val_file, *p.tokenizer.corpus)}
-    blob = json.dumps({"params": flat, "files": files}, sort_keys=True, default=str)
+    blob = json.dumps({"params": flat, "files": files, "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
