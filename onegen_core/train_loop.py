@@ -59,6 +59,14 @@ def steps_per_epoch(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> i
     return n_examples // (cfg.batch_size * cfg.grad_accum * world_size)
 
 
+def step_budget(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> tuple[int, int]:
+    """(optimizer steps of the run, warm-up steps): epochs of `steps_per_epoch`, capped by
+    `max_steps`; the same arithmetic for the single-process and the distributed loop."""
+    total = steps_per_epoch(n_examples, cfg, world_size) * cfg.epochs
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    return total, int(math.ceil(cfg.warmup_ratio * total))
+
+
 def pair_seed(seed: int, step: int, micro_index: int) -> int:
     """Seed of the positive/negative sampling of one micro-batch, a pure function of (seed, step,
     global micro-batch index): a resumed run and a differently sharded run sample the same pairs."""
@@ -161,8 +169,7 @@ def train(
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
-    total = cfg.total_steps(len(examples))
-    warmup = int(math.ceil(cfg.warmup_ratio * total))
+    total, warmup = step_budget(len(examples), cfg)
     history: list[StepMetrics] = []
     step = 0
     for epoch in range(cfg.epochs):

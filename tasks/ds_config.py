@@ -75,7 +75,7 @@ def validate(cfg: dict[str, Any], world_size: int) -> Any:
 
 def resolved_ds_config(p: Params, world_size: int, hidden_size: int) -> dict[str, Any]:
     cfg = fill_auto(load_ds_config(p.distributed.deepspeed_config), p, world_size, hidden_size)
-    if not p.distributed.use_gpu:
-        # the C++ CPU Adam and the fused kernels are compiled on first use; torch AdamW is used instead
-        cfg.setdefault("zero_allow_untested_optimizer", True)
+    # the worker always hands DeepSpeed a torch AdamW (DeepSpeed's own Adam compiles C++ on first use),
+    # which ZeRO accepts only with this flag, on CPU and GPU alike
+    cfg.setdefault("zero_allow_untested_optimizer", True)
     return cfg

@@ -44,7 +44,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     from onegen_core.model import OneGenModel
     from onegen_core.retrieval_eval import retrieval_recall
     from onegen_core.schedule import lr_at
-    from onegen_core.train_loop import data_order, forward_backward, micro_batches_for_step, steps_per_epoch
+    from onegen_core.train_loop import (data_order, forward_backward, micro_batches_for_step, step_budget,
+                                        steps_per_epoch)
     from tasks.train_data import load_examples
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -62,9 +63,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     if spe == 0:
         raise ValueError(f"{len(train_ex)} examples do not fill one global batch of "
                          f"{t_cfg.batch_size}x{t_cfg.grad_accum}x{world}")
-    total = spe * t_cfg.epochs
-    total = min(total, t_cfg.max_steps) if t_cfg.max_steps else total
-    warmup = int(math.ceil(t_cfg.warmup_ratio * total))
+    total, warmup = step_budget(len(train_ex), t_cfg, world)
 
     torch.manual_seed(t_cfg.seed)
     lm, tokenizer, special = build_lm(config, p)
