@@ -87,3 +87,8 @@ def documents_from_passages(passages, granularity: str) -> list[Document]:
         d = paragraph_document(para, granularity)
         docs.setdefault(d.id, d)
     return list(docs.values())
+
+
+def documents_from_kb(entities) -> list[Document]:
+    """Entities as training's entity-linking documents: `{title}: {description} [RD]`, id = entity id."""
+    return [Document(id=e.id, units=(e.description,), title=e.title, granularity="document") for e in entities]

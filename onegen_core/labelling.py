@@ -76,7 +76,7 @@ class EntityNegatives:
         return tuple(hard + pool[: self.random])
 
 
-def _windows(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[tuple[int, int]]:
+def text_windows(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[tuple[int, int]]:
     """Cut `text` into windows of at most `max_chars`, never inside a mention span, preferring a
     newline or a space as the cut point."""
     out, start, n = [], 0, len(text)
@@ -111,7 +111,7 @@ def entity_linking_examples(
         else:
             usable.append(lb)
     out = []
-    for w_start, w_end in _windows(article.text, [lb.span for lb in usable], max_chars):
+    for w_start, w_end in text_windows(article.text, [lb.span for lb in usable], max_chars):
         inside = [lb for lb in usable if w_start <= lb.span_start and lb.span_end <= w_end]
         if not inside:
             continue

@@ -14,7 +14,7 @@ import pytest
 from onegen_core.config import PrepareConfig
 from onegen_core.data.elevant import ElevantArticle, ElevantLabel
 from onegen_core.data.kb import Entity
-from onegen_core.labelling import EntityNegatives, _windows, cap_multihop_labels, entity_linking_examples
+from onegen_core.labelling import EntityNegatives, cap_multihop_labels, text_windows, entity_linking_examples
 from onegen_core.segments import Retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_prepare_refuses_a_question_in_both_splits(tmp_path, shared_data):
 def test_windows_never_split_a_mention():
     text = "aaaa bbbb cccc dddd eeee ffff"
     spans = [(8, 16), (20, 27)]
-    wins = _windows(text, spans, max_chars=10)
+    wins = text_windows(text, spans, max_chars=10)
     assert wins[0][0] == 0 and wins[-1][1] == len(text)
     assert all(a[1] == b[0] for a, b in zip(wins, wins[1:]))
     for s, e in spans:

@@ -1,0 +1,140 @@
+"""Entity-linking evaluation: constrained copy decoding keeps exact character offsets, ED predicts
+once per gold mention, and InKB micro scores follow ELEVANT's rules on a hand-built article."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onegen_core.data.elevant import ElevantArticle, ElevantLabel
+from onegen_core.eval_linking import (
+    CopyConstraint,
+    PredictedMention,
+    Window,
+    disambiguate_windows,
+    gold_by_article,
+    link_windows,
+    score_linking,
+    windows_of,
+)
+from onegen_core.index import ExactIndex, UnitRecord
+from onegen_core.inference import RetrievalPolicy, generate
+from onegen_core.token_bytes import token_bytes
+from onegen_core.tokens import CON, MENTION_CLOSE, MENTION_OPEN, RQ, SpecialTokenIds
+
+TEXT = "Paris and Berlin met Obama here."
+
+
+def label(i, s, e, qid, **kw):
+    return ElevantLabel(s, e, qid, TEXT[s:e], None, kw.pop("parent", None), (), i, **kw)
+
+
+ARTICLE = ElevantArticle(
+    id=7, title="t", text=TEXT, evaluation_span=(0, 27), benchmark="toy",
+    labels=(label(0, 0, 5, "Q90"), label(1, 10, 16, "Q64", optional=True), label(2, 21, 26, "Q76"),
+            label(3, 27, 31, "<NIL>")),
+)
+
+
+def test_token_bytes_round_trip(char_tokenizer):
+    tb = token_bytes(char_tokenizer)
+    text = "Zürich – café"
+    ids = char_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert b"".join(tb[i] for i in ids).decode("utf-8") == text
+    ids_special = SpecialTokenIds.from_tokenizer(char_tokenizer)
+    assert tb[ids_special.rq] is None and tb[ids_special.eos] is None
+
+
+def test_allowed_tokens_follow_the_text(char_tokenizer):
+    ids = SpecialTokenIds.from_tokenizer(char_tokenizer)
+    c = CopyConstraint(char_tokenizer, ["A b"], [0])
+    first = c.allowed(0)
+    assert ids[MENTION_OPEN] in first and ids[MENTION_CLOSE] not in first
+    assert all(c.vocab_bytes[t] == b"A" for t in first if t != ids[MENTION_OPEN])
+    c._advance(0, [ids[MENTION_OPEN]])
+    assert ids[MENTION_CLOSE] not in c.allowed(0)  # no empty mention
+    c._advance(0, [ids[MENTION_OPEN], char_tokenizer.convert_tokens_to_ids("A")])
+    after_a = c.allowed(0)
+    assert ids[MENTION_CLOSE] in after_a
+    c._advance(0, [ids[MENTION_OPEN], char_tokenizer.convert_tokens_to_ids("A"), ids[MENTION_CLOSE]])
+    assert c.allowed(0) == [ids.rq]  # [RQ] always follows </MENTION>
+    assert c.spans[0] == [(0, 1)]
+
+
+def test_constrained_generation_copies_exactly(char_tokenizer, tiny_lm):
+    """Whatever an untrained model prefers, the output minus markup is the input, and spans index it."""
+    tiny_lm.eval()
+    texts = ["Zürich – café at noon", "Paris and Berlin"]
+    prompts = [char_tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
+    chooser = CopyConstraint(char_tokenizer, texts, [len(p) for p in prompts])
+    # bias the untrained model towards opening mentions so the test exercises the brackets
+    open_id = SpecialTokenIds.from_tokenizer(char_tokenizer)[MENTION_OPEN]
+    close_id = SpecialTokenIds.from_tokenizer(char_tokenizer)[MENTION_CLOSE]
+
+    def biased(row, logits, seq):
+        logits = logits.clone()
+        logits[open_id] += 3.0 if len(seq) % 4 == 0 else -10.0
+        logits[close_id] += 5.0
+        return chooser(row, logits, seq)
+
+    index = ExactIndex([UnitRecord("e1", "e1", "E", "x", "x")], np.ones((1, tiny_lm.config.hidden_size)), "ck")
+    res = generate(tiny_lm, char_tokenizer, prompts, index, RetrievalPolicy(mode="link", max_new_tokens=200,
+                                                                            max_retrievals=50), choose=biased)
+    for b, (t, r) in enumerate(zip(texts, res)):
+        chooser._advance(b, r.prompt_ids + r.token_ids)
+        plain = r.text
+        for tok in (MENTION_OPEN, MENTION_CLOSE, RQ, CON):
+            plain = plain.replace(tok, "")
+        assert r.finish_reason == "eos" and plain == t
+        assert len(chooser.spans[b]) == len(r.retrievals) > 0
+        for s, e in chooser.spans[b]:
+            assert 0 <= s < e <= len(t) and not t[s].isspace() and not t[e - 1].isspace()
+            assert f"{MENTION_OPEN}{t[s:e]}{MENTION_CLOSE}" in r.text
+
+
+def test_score_linking_follows_inkb_rules():
+    preds = {"toy/7": [PredictedMention(0, 5, "Q90"), PredictedMention(10, 16, "Q1"),  # optional: ignored
+                       PredictedMention(21, 26, "Q5"), PredictedMention(17, 20, "Q7"),
+                       PredictedMention(27, 31, "Q9")]}  # outside the evaluation span: ignored
+    s = score_linking([ARTICLE], preds)
+    assert (s["all"]["md"]["tp"], s["all"]["md"]["fp"], s["all"]["md"]["fn"]) == (2, 1, 0)
+    assert (s["all"]["el"]["tp"], s["all"]["el"]["fp"], s["all"]["el"]["fn"]) == (1, 2, 1)
+    assert s["all"]["el"]["precision"] == pytest.approx(1 / 3) and s["all"]["el"]["recall"] == 0.5
+    assert s["toy"] == s["all"]
+    nothing = score_linking([ARTICLE], {})
+    assert nothing["all"]["el"]["fn"] == 2 and nothing["all"]["el"]["f1"] == 0.0
+
+
+def test_windows_cover_the_text_without_gold():
+    art = ElevantArticle(1, "", "word " * 100, None, (), "toy")
+    wins = windows_of([art], 64)
+    assert "".join(w.text for w in wins) == art.text and all(len(w.text) <= 64 for w in wins)
+    assert [w.offset for w in wins] == sorted(w.offset for w in wins)
+
+
+def test_disambiguation_predicts_every_gold_mention(char_tokenizer, tiny_lm):
+    tiny_lm.eval()
+    records = [UnitRecord(q, q, q, q, q) for q in ("Q90", "Q76", "Q5")]
+    rng = np.random.default_rng(0)
+    index = ExactIndex(records, rng.normal(size=(3, tiny_lm.config.hidden_size)), "ck")
+    win = Window("toy/7@0", "toy/7", 0, TEXT)
+    gold = gold_by_article([ARTICLE])
+    preds, counts = disambiguate_windows(tiny_lm, char_tokenizer, [win], gold, index)
+    assert sorted((p.start, p.end) for p in preds["toy/7"]) == [(0, 5), (21, 26)]
+    assert all(p.entity_id in {"Q90", "Q76", "Q5"} for p in preds["toy/7"])
+    assert counts["mentions"] == 2 and counts["mentions_truncated"] == 0
+    cut, counts = disambiguate_windows(tiny_lm, char_tokenizer, [win], gold, index, max_length=50)
+    assert counts["mentions_truncated"] == 1  # prompt 33 tokens: [RQ] 1 at 40, [RQ] 2 at 65 > 50: unlinked, counted
+    assert sorted((p.start, p.entity_id is None) for p in cut["toy/7"]) == [(0, False), (21, True)]
+
+
+def test_link_windows_counts_every_window(char_tokenizer, tiny_lm):
+    tiny_lm.eval()
+    index = ExactIndex([UnitRecord("Q1", "Q1", "A", "a", "a")], np.ones((1, tiny_lm.config.hidden_size)), "ck")
+    wins = [Window("toy/1@0", "toy/1", 0, "Alpha beta."), Window("toy/1@11", "toy/1", 11, " Gamma.")]
+    torch.manual_seed(0)
+    preds, finish = link_windows(tiny_lm, char_tokenizer, wins, index, max_retrievals=2, batch_size=2)
+    assert sum(finish.values()) == 2
+    for p in preds.get("toy/1", []):
+        full = "Alpha beta. Gamma."
+        assert 0 <= p.start < p.end <= len(full)

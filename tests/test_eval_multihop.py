@@ -1,0 +1,114 @@
+"""Multi-hop scoring: answer extraction, Recall@1 per sub-query and per question, and misses that stay
+in the denominator with their reason."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
+from onegen_core.eval_multihop import (
+    aggregate,
+    evaluate_multihop,
+    final_answer,
+    gold_of,
+    pipeline_query_text,
+    score_example,
+)
+from onegen_core.inference import GenerationResult, RetrievalEvent, RetrievalPolicy
+from onegen_core.reconstruct.multihop import paragraph_id
+
+PARAS = (Paragraph("A", ("Alpha is a city.", " It is big.")), Paragraph("B", ("Beta is a river.",)),
+         Paragraph("C", ("Gamma is a song.",)))
+RECORD = MultiHopRecord(id="q1", question="Where is Alpha?", answer="the City of Alpha", type="bridge",
+                        supporting_facts=(SupportingFact("A", 1), SupportingFact("B", 0)), context=PARAS,
+                        level="hard", evidences=(), source="hotpotqa")
+DOC = {p.title: paragraph_id(p) for p in PARAS}
+
+
+def unit_doc(uid: str) -> str:
+    return uid.split("#")[0]
+
+
+def result(text: str, tops: list[str | None], finish: str = "eos") -> GenerationResult:
+    events = [RetrievalEvent(i, i, [t] if t else [], [0.5] if t else []) for i, t in enumerate(tops)]
+    return GenerationResult([], [], text, events, np.zeros((len(tops), 4), np.float32), finish)
+
+
+def test_final_answer_parsing():
+    assert final_answer("[RQ]<paragraph>x</paragraph><FINAL-ANSWER> Paris </FINAL-ANSWER>") == "Paris"
+    assert final_answer("<FINAL-ANSWER>a</FINAL-ANSWER><FINAL-ANSWER>b</FINAL-ANSWER>") == "b"
+    assert final_answer("<FINAL-ANSWER>Paris") is None  # never closed
+    assert final_answer("no tag at all") is None
+
+
+def test_gold_ids_match_the_index_ids():
+    g = gold_of(RECORD)
+    assert g.docs == {DOC["A"], DOC["B"]}
+    assert g.units == {f"{DOC['A']}#1", f"{DOC['B']}#0"}
+    assert g.candidates == set(DOC.values())
+
+
+def test_hits_are_distinct_gold_paragraphs():
+    text = "<FINAL-ANSWER>city of alpha</FINAL-ANSWER>"
+    both = score_example(RECORD, result(text, [f"{DOC['A']}#1", f"{DOC['B']}#0"]), unit_doc)
+    assert both["em"] == 1.0 and both["question_retrieved"] and both["subquery_hits"] == 2
+    assert both["unit_hits"] == 2 and both["miss_reason"] is None
+    twice = score_example(RECORD, result(text, [f"{DOC['A']}#0", f"{DOC['A']}#1"]), unit_doc)
+    assert twice["subquery_hits"] == 1 and not twice["question_retrieved"]  # the same paragraph twice
+    assert twice["unit_hits"] == 1  # only A#1 is a supporting sentence
+    short = score_example(RECORD, result(text, [f"{DOC['B']}#0"]), unit_doc)
+    assert short["subquery_slots"] == 2 and short["subquery_hits"] == 1  # the skipped hop is a miss
+    extra = score_example(RECORD, result(text, [f"{DOC['A']}#1", f"{DOC['B']}#0", f"{DOC['C']}#0"]), unit_doc)
+    assert extra["subquery_slots"] == 3 and not extra["question_retrieved"]
+
+
+def test_misses_score_zero_and_are_counted_by_reason():
+    good = "<FINAL-ANSWER>City of Alpha</FINAL-ANSWER>"
+    rows = [
+        score_example(RECORD, result(good, [f"{DOC['A']}#1", f"{DOC['B']}#0"]), unit_doc),
+        score_example(RECORD, result("<FINAL-ANSWER>City of Alpha", [f"{DOC['A']}#1"], "length"), unit_doc),
+        score_example(RECORD, result("", [f"{DOC['A']}#1"] * 5, "retrieval_cap"), unit_doc),
+        score_example(RECORD, result(good, [None]), unit_doc),  # a retrieval that found nothing
+        score_example(RECORD, result("Alpha", [], "eos"), unit_doc),
+    ]
+    assert [r["miss_reason"] for r in rows] == [None, "never_closed", "retrieval_cap", "nothing_retrievable",
+                                                "no_final_answer"]
+    assert all(r["em"] == 0.0 and r["f1"] == 0.0 for r in rows[1:])
+    agg = aggregate(rows)
+    assert agg["questions"] == 5 and agg["em"] == pytest.approx(1 / 5)
+    assert agg["misses"] == 4 and agg["misses_by_reason"]["retrieval_cap"] == 1
+    assert agg["recall_at_1_question"] == pytest.approx(1 / 5)
+    # slots: 2 + 2 + 5 + 2 + 2; hits: 2 + 1 + 1 (A once) + 0 + 0
+    assert agg["recall_at_1_subquery"] == pytest.approx(4 / 13)
+
+
+def test_pipeline_query_text():
+    assert pipeline_query_text("The question is: Q?\n[RQ]", "Q?") == "Q?"
+    decoded = "The question is: Q?\n[RQ]<paragraph>A: x</paragraph>Who wrote it?[RQ]"
+    assert pipeline_query_text(decoded, "Q?") == "Q? Who wrote it?"
+
+
+def test_end_to_end_rows_keep_every_question(char_tokenizer, tiny_lm):
+    """An untrained model: whatever it generates, every question yields exactly one scored row."""
+    from onegen_core.collator import OneGenCollator
+    from onegen_core.config import LossConfig
+    from onegen_core.corpus import documents_from_multihop, encode_documents
+    from onegen_core.index import ExactIndex
+    from onegen_core.model import OneGenModel
+
+    tiny_lm.eval()
+    docs = documents_from_multihop([RECORD], "sentence")
+    recs, vecs = [], []
+    for r, v in encode_documents(OneGenModel(tiny_lm, LossConfig()), OneGenCollator(char_tokenizer, 256), docs):
+        recs += r
+        vecs.append(v)
+    index = ExactIndex(recs, np.concatenate(vecs), "ck")
+    records = [RECORD, MultiHopRecord(**{**RECORD.__dict__, "id": "q2", "question": "Why?"})]
+    rows, agg = evaluate_multihop(tiny_lm, char_tokenizer, records, index, "distractor",
+                                  RetrievalPolicy(max_new_tokens=12, max_retrievals=2), unit_doc, batch_size=2)
+    assert [r["id"] for r in rows] == ["q1", "q2"] and agg["questions"] == 2
+    assert agg["misses"] == sum(1 for r in rows if r["miss_reason"])
+    for r in rows:
+        assert all(x["doc"] in DOC.values() for x in r["retrievals"])  # distractor: own paragraphs only
+    with pytest.raises(ValueError, match="setting"):
+        evaluate_multihop(tiny_lm, char_tokenizer, records, index, "closed-book", RetrievalPolicy(), unit_doc)
