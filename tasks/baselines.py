@@ -44,6 +44,9 @@ class MiniLMEncoder:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        # length-sorted batches pad far less (sentences vary from 3 to 200 tokens); order restored below
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
         out = []
         for i in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
@@ -54,7 +57,12 @@ class MiniLMEncoder:
             out.append(F.normalize(pooled, dim=-1).cpu().numpy())
             self.forward_passes += 1
             self.tokens += int(enc["attention_mask"].sum())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = np.concatenate(out)
+        restored = np.empty_like(vecs)
+        restored[order] = vecs
+        return restored
 
     def index(self, records: Sequence[UnitRecord], checkpoint_id: str = "minilm") -> ExactIndex:
         """Encode every unit (title + text, as the OneGen document rows see it) into an exact index."""
@@ -79,7 +87,11 @@ class BM25Index:
         n = len(self.records)
         out = []
         for i in range(len(queries)):
-            scores = self.retriever.get_scores(tokens_of(tokens, i))  # (n_units,)
+            words = tokens_of(tokens, i)
+            if not words:  # only stopwords (a mention like "The"): BM25 has nothing to match
+                out.append([])
+                continue
+            scores = self.retriever.get_scores(words)  # (n_units,)
             if allowed is not None and allowed[i] is not None:
                 keep = np.array([r.id in allowed[i] or r.doc_id in allowed[i] for r in self.records])
                 scores = np.where(keep, scores, -np.inf)
@@ -96,3 +108,27 @@ def tokens_of(tokenized, i: int) -> list[str]:
 
 def _hit(r: UnitRecord, score: float) -> Hit:
     return Hit(r.id, score, r.doc_id, r.title, r.text, r.doc_text)
+
+
+class TextSearchBridge:
+    """Stands a text retriever (BM25) where the inference engine expects a vector index.
+
+    The engine calls `query_encoder(row, seq)` for each row that emitted [RQ] in a step, then searches
+    once with those vectors in the same order; the bridge records each query's text at encoding time
+    and hands the texts to the retriever at search time. The returned vector is a placeholder."""
+
+    dim = 1
+
+    def __init__(self, retriever: BM25Index, to_text, checkpoint_id: str = "bm25") -> None:
+        self.retriever, self.to_text, self.checkpoint_id = retriever, to_text, checkpoint_id
+        self.pending: list[str] = []
+
+    def query_encoder(self, row: int, seq: list[int]) -> np.ndarray:
+        self.pending.append(self.to_text(seq))
+        return np.ones(1, np.float32)
+
+    def search(self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
+        if len(self.pending) != len(queries):
+            raise RuntimeError(f"{len(self.pending)} query texts recorded for {len(queries)} searches")
+        texts, self.pending = self.pending, []
+        return self.retriever.search(texts, k, allowed)

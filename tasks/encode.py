@@ -14,8 +14,8 @@ from pathlib import Path
 from onegen_core.backbone import checkpoint_id, load_pretrained
 from onegen_core.collator import OneGenCollator
 from onegen_core.config import EncodeConfig, LossConfig
-from onegen_core.corpus import documents_from_multihop, documents_from_passages, encode_documents
-from onegen_core.data import load_2wiki, load_hotpotqa, load_passages
+from onegen_core.corpus import documents_from_kb, documents_from_multihop, documents_from_passages, encode_documents
+from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
 from onegen_core.model import OneGenModel
 from tasks.lance_index import LanceIndex
 from tasks.stage_common import stage_params
@@ -37,44 +37,56 @@ def collect_documents(cfg: EncodeConfig) -> list:
     return list(unique.values())
 
 
-def run(cfg: EncodeConfig) -> dict:
+def encode_table(model, collator, docs: list, uri: str, table: str, ck: str, batch_size: int, ann_min_rows: int,
+                 desc: str) -> dict:
+    """Encode `docs` into `uri`/`table`, skipping documents whose units are all stored (resume)."""
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
-    lm, tokenizer, _ = load_pretrained(cfg.checkpoint)
-    ck = checkpoint_id(cfg.checkpoint)
-    model = OneGenModel(lm, LossConfig()).eval()
-    collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
-    docs = collect_documents(cfg)
-    index = LanceIndex.create(cfg.uri, lm.config.hidden_size, ck, cfg.table)
+    index = LanceIndex.create(uri, model.lm.config.hidden_size, ck, table)
     done = index.ids()
     todo = [d for d in docs if not set(d.unit_ids()) <= done]
-    log.info("%d documents (%d units); %d already encoded by checkpoint %s; encoding %d",
+    log.info("%s: %d documents (%d units); %d already encoded by checkpoint %s; encoding %d", table,
              len(docs), sum(len(d.unit_ids()) for d in docs), len(docs) - len(todo), ck, len(todo))
     stats: Counter = Counter()
-    bar = tqdm(total=len(todo), desc="encode", unit="doc")
-    for records, vectors in encode_documents(model, collator, todo, cfg.batch_size, on_batch=bar.update, stats=stats):
-        index.add(records, vectors)
+    bar = tqdm(total=len(todo), desc=desc, unit="doc")
+    for records, vectors in encode_documents(model, collator, todo, batch_size, on_batch=bar.update, stats=stats):
+        # a document re-encoded on resume may already hold some units (others were cut by truncation)
+        keep = [i for i, r in enumerate(records) if r.id not in done]
+        index.add([records[i] for i in keep], vectors[keep])
+        done.update(records[i].id for i in keep)
     bar.close()
-    ann = index.build_ann_index(cfg.ann_min_rows)
-    report = {
-        "checkpoint_id": ck,
-        "uri": cfg.uri,
-        "table": cfg.table,
+    return {
+        "table": table,
         "documents": len(docs),
         "documents_encoded_now": len(todo),
         "units_in_index": len(index),
         "units_truncated": stats.get("units_truncated", 0),
         "documents_truncated": stats.get("documents_truncated", 0),
-        "ann_index": ann,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "ann_index": index.build_ann_index(ann_min_rows),
     }
+
+
+def run(cfg: EncodeConfig) -> dict:
+    t0 = time.perf_counter()
+    lm, tokenizer, _ = load_pretrained(cfg.checkpoint)
+    ck = checkpoint_id(cfg.checkpoint)
+    model = OneGenModel(lm, LossConfig()).eval()
+    collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
+    units = encode_table(model, collator, collect_documents(cfg), cfg.uri, cfg.table, ck, cfg.batch_size,
+                         cfg.ann_min_rows, "encode passages")
+    report = {"checkpoint_id": ck, "uri": cfg.uri, **units}
+    if cfg.kb:
+        kb_docs = documents_from_kb(load_kb(cfg.kb))
+        report["kb"] = encode_table(model, collator, kb_docs, cfg.uri, cfg.kb_table, ck, cfg.batch_size,
+                                    cfg.ann_min_rows, "encode entities")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     Path(cfg.report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.report_path).write_text(json.dumps(report, indent=2))
     log.info("encoded: %s", report)
-    if report["units_truncated"]:
-        log.warning("%d units lost their [RD] to truncation at %d tokens (raise encode.max_doc_length)",
-                    report["units_truncated"], cfg.max_doc_length)
+    for part in (report, report.get("kb") or {}):
+        if part.get("units_truncated"):
+            log.warning("%s: %d units lost their [RD] to truncation at %d tokens (raise encode.max_doc_length)",
+                        part["table"], part["units_truncated"], cfg.max_doc_length)
     return report
 
 

@@ -78,6 +78,13 @@ class LanceIndex:
     def ids(self) -> set[str]:
         return set(self.table.to_arrow().column("id").to_pylist()) if len(self) else set()
 
+    def records(self) -> list[UnitRecord]:
+        """Every stored unit's metadata (no vectors), in table order: baselines index the same units."""
+        if not len(self):
+            return []
+        t = self.table.to_arrow().select(["id", "doc_id", "title", "text", "doc_text"]).to_pylist()
+        return [UnitRecord(r["id"], r["doc_id"], r["title"], r["text"], r["doc_text"]) for r in t]
+
     def add(self, records: Sequence[UnitRecord], vectors: np.ndarray) -> None:
         if not records:
             return
@@ -123,7 +130,7 @@ class LanceIndex:
             if allowed is not None and allowed[i] is not None:
                 ids = ", ".join(_quote(a) for a in allowed[i])
                 query = query.where(f"id IN ({ids}) OR doc_id IN ({ids})", prefilter=True) if ids else None
-            rows = query.select(["id", "doc_id", "title", "text", "doc_text"]).to_list() if query is not None else []
+            rows = query.select(["id", "doc_id", "title", "text", "doc_text", "_distance"]).to_list() if query is not None else []
             out.append([Hit(r["id"], 1.0 - float(r["_distance"]), r["doc_id"], r["title"], r["text"], r["doc_text"])
                         for r in rows])
         return out

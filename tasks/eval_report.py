@@ -1,0 +1,120 @@
+"""The evaluation report: a markdown table per task, bar plots, and the one-paragraph headline that
+`make run` / `onegen repro` end with."""
+from __future__ import annotations
+
+from pathlib import Path
+
+SYSTEM_NAMES = {
+    "onegen": "OneGen (one pass: [RQ] hidden state retrieves)",
+    "minilm": "pipeline: same generator + MiniLM retriever",
+    "bm25": "same generator + BM25",
+    "sft": "SFT-only generator (λr = 0) + MiniLM retriever",
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def multihop_table(result: dict) -> list[str]:
+    lines = ["| dataset | setting | system | questions | EM | F1 | R@1 sub-query | R@1 question | unit R@1 | misses (by reason) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for ds, settings in result.get("multihop", {}).items():
+        for setting, systems in settings.items():
+            for name, a in systems.items():
+                reasons = ", ".join(f"{k} {v}" for k, v in a["misses_by_reason"].items()) or "-"
+                lines.append(f"| {ds} | {setting} | {name} | {a['questions']} | {_pct(a['em'])} | {_pct(a['f1'])} | "
+                             f"{_pct(a['recall_at_1_subquery'])} | {_pct(a['recall_at_1_question'])} | "
+                             f"{_pct(a['unit_recall_at_1'])} | {a['misses']} ({reasons}) |")
+    return lines
+
+
+def el_table(result: dict) -> list[str]:
+    el = result.get("entity_linking") or {}
+    if not el:
+        return ["(no entity-linking benchmark evaluated)"]
+    lines = [f"{el['articles']} articles in {el['windows']} windows, {el['gold_mentions']} InKB gold mentions; "
+             f"windows by finish reason: {el['windows_by_finish_reason']}; ED mentions cut by max length: "
+             f"{el['ed_mentions_truncated']}.", "",
+             "| benchmark | system | task | P | R | F1 | tp | fp | fn |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, buckets in el["systems"].items():
+        for bucket, tasks_ in sorted(buckets.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+            for t, s in tasks_.items():
+                lines.append(f"| {bucket} | {name} | {t.upper()} | {_pct(s['precision'])} | {_pct(s['recall'])} | "
+                             f"{_pct(s['f1'])} | {s['tp']} | {s['fp']} | {s['fn']} |")
+    return lines
+
+
+def plot(result: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    groups = [(ds, setting, systems) for ds, settings in result.get("multihop", {}).items()
+              for setting, systems in settings.items()]
+    if groups:
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+        metrics = [("em", "EM"), ("f1", "F1"), ("recall_at_1_subquery", "R@1 sub-q"), ("recall_at_1_question", "R@1 q")]
+        for ax, (ds, setting, systems) in zip(axes[0], groups):
+            names = list(systems)
+            width = 0.8 / max(1, len(names))
+            for j, name in enumerate(names):
+                xs = [i + j * width for i in range(len(metrics))]
+                ax.bar(xs, [100 * systems[name][m] for m, _ in metrics], width, label=name)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], [lbl for _, lbl in metrics], fontsize=8)
+            ax.set_title(f"{ds} ({setting})", fontsize=9)
+            ax.set_ylim(0, 100)
+        axes[0][0].set_ylabel("%")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "multihop.png", dpi=110)
+        plt.close(fig)
+        files.append("multihop.png")
+    el = (result.get("entity_linking") or {}).get("systems", {})
+    if el:
+        bars = [(f"{name}\n{t.upper()}", s["f1"]) for name, b in el.items() for t, s in b.get("all", {}).items()]
+        fig, ax = plt.subplots(figsize=(1.1 * len(bars) + 2, 3.2))
+        ax.bar(range(len(bars)), [100 * v for _, v in bars])
+        ax.set_xticks(range(len(bars)), [n for n, _ in bars], fontsize=8)
+        ax.set_ylabel("InKB micro F1 (%)")
+        ax.set_title("entity linking, all held-out benchmarks", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "entity_linking.png", dpi=110)
+        plt.close(fig)
+        files.append("entity_linking.png")
+    return files
+
+
+def write_report(result: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    images = plot(result, out)
+    lines = [f"# Evaluation of `{result['checkpoint']}` (checkpoint {result['checkpoint_id']})", "",
+             "Systems: " + "; ".join(f"**{k}** = {v}" for k, v in SYSTEM_NAMES.items()), "",
+             "## Multi-hop QA", "",
+             "EM/F1: official HotpotQA normalisation; a miss (no closed final answer, retrieval cap, nothing "
+             "retrievable) scores 0 and stays in the denominator. R@1 sub-query: top-1 passage is a gold "
+             "paragraph not hit before (per max(emitted, gold) hops); R@1 question: every hop hit a distinct "
+             "gold paragraph and all were hit.", ""]
+    lines += multihop_table(result)
+    lines += ["", "## Entity linking (InKB micro, strong matching)", ""] + el_table(result) + [""]
+    lines += [f"![{img}]({img})" for img in images]
+    lines += ["", f"Predictions: `predictions/*.jsonl` (multi-hop), `elevant/*.linked_articles.jsonl` (ELEVANT). "
+              f"Took {result.get('seconds', 0):.0f} s.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def headline(result: dict) -> str:
+    parts = []
+    for ds, settings in result.get("multihop", {}).items():
+        for setting, systems in settings.items():
+            a = systems.get("onegen")
+            if a:
+                parts.append(f"{ds}/{setting}: EM {_pct(a['em'])} F1 {_pct(a['f1'])} R@1 {_pct(a['recall_at_1_question'])}")
+    el = (result.get("entity_linking") or {}).get("systems", {}).get("onegen", {}).get("all")
+    if el:
+        parts.append(f"EL F1 {_pct(el['el']['f1'])} (MD {_pct(el['md']['f1'])}, ED {_pct(el['ed']['f1'])})")
+    return "evaluate: " + "; ".join(parts)

@@ -1,0 +1,397 @@
+"""DVC stage `evaluate`: the trained checkpoint and its LanceDB index, end to end, with baselines.
+
+Multi-hop QA (held-out HotpotQA and 2WikiMultihopQA questions), in the distractor and/or open setting:
+- onegen: the model generates; each [RQ] hidden state searches the index (one pass, no re-encoding);
+- minilm: the pipeline — the same generator, a separate MiniLM retriever given the question (plus any
+  sub-question written since the last passage) at each [RQ] ("fix the generator", §4.3.2);
+- bm25: the same with BM25;
+- sft: an SFT-only (λr = 0) checkpoint as generator with MiniLM retrieval ("fix the retriever"), when
+  `evaluate.sft_checkpoint` names one.
+Entity linking on the held-out ELEVANT benchmarks: MD and EL end to end (constrained G→R generation),
+ED with gold mentions, against the encoded entity table; ED baselines BM25 and MiniLM (mention text).
+
+Writes metrics/evaluate.json, per-example predictions (JSONL; ELEVANT linked-articles JSONL), a markdown
+report with plots, and logs it all to the MLflow run that trained the checkpoint. Each (dataset,
+setting, system) result is kept under runs/evaluate/<checkpoint id>/ as soon as it is computed, so an
+interrupted evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onegen_core.backbone import checkpoint_id, load_pretrained
+from onegen_core.config import Params, flatten
+from onegen_core.data import load_2wiki, load_elevant, load_hotpotqa
+from onegen_core.data.multihop import MultiHopRecord
+from onegen_core.eval_linking import (
+    PredictedMention,
+    disambiguate_windows,
+    gold_by_article,
+    link_windows,
+    score_linking,
+    windows_of,
+)
+from onegen_core.eval_multihop import aggregate, evaluate_multihop, gold_of, query_text_of
+from onegen_core.index import check_checkpoint
+from onegen_core.inference import EngineStats, RetrievalPolicy
+from tasks.stage_common import stage_params, write_json, write_jsonl
+
+log = logging.getLogger("onegen.evaluate")
+MULTIHOP_METRICS = ("em", "f1", "recall_at_1_subquery", "recall_at_1_question", "unit_recall_at_1", "misses")
+
+
+class ResultCache:
+    """Finished pieces of one evaluation, keyed by checkpoint and settings: re-running skips them."""
+
+    def __init__(self, root: Path, key: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.dir = root / f"{key['checkpoint_id']}-{digest}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, name: str) -> Any | None:
+        f = self.dir / f"{name}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def put(self, name: str, value: Any) -> Any:
+        write_json(self.dir / f"{name}.json", value)
+        return value
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", leave=False)
+
+
+def _load_records(path: str, limit: int, dataset: str) -> list[MultiHopRecord]:
+    # prepared files are each dataset's official JSON form; 2Wiki's has `evidences`, no `level`
+    records = (load_2wiki if dataset == "2wiki" else load_hotpotqa)(path)
+    return records[:limit] if limit else records
+
+
+def multihop_systems(p: Params, lm, tok, units, unit_records, cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """name -> {model, tokenizer, index, query_encoder, checkpoint_id}; baselines load lazily."""
+    cfg = p.evaluate
+    systems: dict[str, dict[str, Any]] = {"onegen": {"model": lm, "tok": tok, "index": units, "encoder": None,
+                                                      "checkpoint_id": units.checkpoint_id}}
+    minilm = None
+    if "minilm" in cfg.baselines or cfg.sft_checkpoint:
+        from tasks.baselines import MiniLMEncoder
+
+        minilm = MiniLMEncoder()
+        mini_index = minilm_index(minilm, unit_records, cache_dir)
+
+        def mini_encoder(tokenizer) -> Callable[[int, list[int]], np.ndarray]:
+            return lambda row, seq: minilm.encode([query_text_of(tokenizer, seq)])[0]
+
+        if "minilm" in cfg.baselines:
+            systems["minilm"] = {"model": lm, "tok": tok, "index": mini_index, "encoder": mini_encoder(tok),
+                                 "checkpoint_id": None}
+        if cfg.sft_checkpoint:
+            sft_lm, sft_tok, _ = load_pretrained(cfg.sft_checkpoint)
+            systems["sft"] = {"model": sft_lm.eval(), "tok": sft_tok, "index": mini_index,
+                              "encoder": mini_encoder(sft_tok), "checkpoint_id": None}
+    if "bm25" in cfg.baselines:
+        from tasks.baselines import BM25Index, TextSearchBridge
+
+        bridge = TextSearchBridge(BM25Index(unit_records), lambda seq: query_text_of(tok, seq))
+        systems["bm25"] = {"model": lm, "tok": tok, "index": bridge, "encoder": bridge.query_encoder,
+                           "checkpoint_id": None}
+    return systems
+
+
+def minilm_index(minilm, records, cache_dir: Path):
+    """MiniLM vectors of every unit (`title: text`), kept beside the partial results: encoding the
+    corpus is the slowest part of the baselines and must not be paid again on resume."""
+    from onegen_core.index import ExactIndex
+
+    f = cache_dir / "minilm_units.npz"
+    ids = np.array([r.id for r in records])
+    if f.is_file():
+        data = np.load(f, allow_pickle=False)
+        if data["ids"].shape == ids.shape and (data["ids"] == ids).all():
+            return ExactIndex(records, data["vectors"], "minilm")
+    t0 = time.perf_counter()
+    vectors = minilm.encode([f"{r.title}: {r.text}" if r.title else r.text for r in records])  # (n, 384)
+    log.info("MiniLM encoded %d units in %.0f s", len(records), time.perf_counter() - t0)
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=ids, vectors=vectors)
+    os.replace(tmp, f)
+    return ExactIndex(records, vectors, "minilm")
+
+
+def run_multihop(p: Params, lm, tok, units, cache: ResultCache, out: Path) -> dict:
+    cfg = p.evaluate
+    unit_records = units.records()
+    unit_doc = {r.id: r.doc_id for r in unit_records}.get
+    datasets = {name: path for name, path in (("hotpotqa", cfg.hotpotqa), ("2wiki", cfg.wiki2)) if path}
+    systems = None
+    results: dict[str, dict] = {}
+    policy = RetrievalPolicy(mode="rag", max_retrievals=cfg.max_retrievals, max_new_tokens=cfg.max_new_tokens)
+    for ds, path in datasets.items():
+        records = _load_records(path, cfg.max_questions, ds)
+        missing = _missing_candidates(records, {r.doc_id for r in unit_records})
+        if missing:
+            log.warning("%s: %d questions have paragraphs absent from the index (%s); their retrievals may "
+                        "find nothing and count as misses", ds, len(missing), missing[:3])
+        for setting in cfg.settings:
+            for name in ["onegen", "minilm", "bm25", "sft"]:
+                if name != "onegen" and name not in cfg.baselines and not (name == "sft" and cfg.sft_checkpoint):
+                    continue
+                piece = f"multihop.{ds}.{setting}.{name}"
+                rows = cache.get(piece)
+                if rows is None:
+                    systems = systems or multihop_systems(p, lm, tok, units, unit_records, cache.dir)
+                    s = systems[name]
+                    bar = _bar(len(records), f"{ds} {setting} {name}")
+                    stats = EngineStats()
+                    rows, _ = evaluate_multihop(s["model"], s["tok"], records, s["index"], setting, policy,
+                                                unit_doc, cfg.batch_size, s["checkpoint_id"], s["encoder"],
+                                                on_batch=bar.update, stats=stats)
+                    bar.close()
+                    log.info("%s: %d questions, %d forward passes, %d searches in %.0f s", piece, len(rows),
+                             stats.forward_passes, stats.searches, stats.seconds)
+                    cache.put(piece, rows)
+                agg = aggregate(rows)
+                results.setdefault(ds, {}).setdefault(setting, {})[name] = agg
+                write_jsonl(out / "predictions" / f"{ds}.{setting}.{name}.jsonl", rows)
+                log.info("%s: EM %.3f F1 %.3f R@1 sub-query %.3f question %.3f; misses %s", piece, agg["em"],
+                         agg["f1"], agg["recall_at_1_subquery"], agg["recall_at_1_question"], agg["misses_by_reason"])
+    return results
+
+
+def _missing_candidates(records: list[MultiHopRecord], index_docs: set[str]) -> list[str]:
+    return [r.id for r in records if not gold_of(r).candidates <= index_docs]
+
+
+def _el_articles(p: Params) -> list:
+    cfg = p.evaluate
+    split_file = Path(p.prepare.out_dir) / "el_split.json"
+    trained = set(json.loads(split_file.read_text())["benchmarks"]["train"]) if split_file.is_file() else set()
+    articles = []
+    for path in cfg.elevant:
+        arts = load_elevant(path)
+        if not arts:
+            continue
+        bench = arts[0].benchmark
+        if cfg.el_benchmarks and bench not in cfg.el_benchmarks:
+            continue
+        if bench in trained:
+            raise ValueError(f"evaluate.elevant: {path} ({bench}) is a training benchmark in {split_file}; "
+                             "evaluate only on held-out benchmarks (prepare.el_eval_benchmarks)")
+        articles += arts[: cfg.max_articles] if cfg.max_articles else arts
+    return articles
+
+
+def _mentions_to_json(preds: dict[str, list[PredictedMention]]) -> dict[str, list[dict]]:
+    return {k: [m.__dict__ for m in v] for k, v in preds.items()}
+
+
+def _mentions_from_json(data: dict[str, list[dict]]) -> dict[str, list[PredictedMention]]:
+    return {k: [PredictedMention(**m) for m in v] for k, v in data.items()}
+
+
+def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Path) -> dict:
+    from tasks.lance_index import LanceIndex
+
+    cfg = p.evaluate
+    articles = _el_articles(p)
+    if not articles:
+        return {}
+    kb = LanceIndex(cfg.index_uri, cfg.kb_table)
+    check_checkpoint(kb, ck)
+    windows = windows_of(articles, cfg.el_max_chars)
+    gold = gold_by_article(articles)
+    result: dict[str, Any] = {"articles": len(articles), "windows": len(windows),
+                              "gold_mentions": sum(len(g) for g in gold.values())}
+
+    linked = cache.get("el.link")
+    if linked is None:
+        bar = _bar(len(windows), "entity linking (MD+EL)")
+        stats = EngineStats()
+        preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.batch_size, ck,
+                                     on_batch=bar.update, stats=stats)
+        bar.close()
+        linked = cache.put("el.link", {"predictions": _mentions_to_json(preds), "finish": dict(finish),
+                                       "forward_passes": stats.forward_passes, "searches": stats.searches})
+    link_preds = _mentions_from_json(linked["predictions"])
+    scores = score_linking(articles, link_preds)
+    result["windows_by_finish_reason"] = linked["finish"]
+
+    ed = cache.get("el.ed.onegen")
+    if ed is None:
+        bar = _bar(len(windows), "entity disambiguation (gold mentions)")
+        preds, counts = disambiguate_windows(lm, tok, windows, gold, kb, on_batch=bar.update)
+        bar.close()
+        ed = cache.put("el.ed.onegen", {"predictions": _mentions_to_json(preds), "counts": dict(counts)})
+    ed_scores = score_linking(articles, _mentions_from_json(ed["predictions"]))
+    result["ed_mentions_truncated"] = ed["counts"].get("mentions_truncated", 0)
+
+    systems: dict[str, dict] = {"onegen": {b: {"md": s["md"], "el": s["el"], "ed": ed_scores[b]["el"]}
+                                           for b, s in scores.items()}}
+    for name in cfg.baselines:
+        piece = f"el.ed.{name}"
+        data = cache.get(piece)
+        if data is None:
+            data = cache.put(piece, {"predictions": _mentions_to_json(_ed_baseline(name, kb, articles, gold))})
+        sc = score_linking(articles, _mentions_from_json(data["predictions"]))
+        systems[name] = {b: {"ed": s["el"]} for b, s in sc.items()}
+    result["systems"] = systems
+    _write_elevant(p, articles, link_preds, out / "elevant")
+    return result
+
+
+def _ed_baseline(name: str, kb, articles, gold) -> dict[str, list[PredictedMention]]:
+    """ED with a separate retriever over the same entity rows, queried with the mention's text."""
+    from tasks.baselines import BM25Index, MiniLMEncoder
+
+    records = kb.records()
+    texts_by = {f"{a.benchmark}/{a.id}": a.text for a in articles}
+    mentions = [(k, g) for k, gs in gold.items() for g in sorted(gs, key=lambda g: g[1])]
+    queries = [texts_by[k][g[1]:g[2]] for k, g in mentions]
+    if name == "bm25":
+        hits = BM25Index(records).search(queries, 1)
+    else:
+        enc = MiniLMEncoder()
+        hits = enc.index(records).search(enc.encode(queries), 1)
+    out: dict[str, list[PredictedMention]] = {}
+    for (k, g), h in zip(mentions, hits):
+        out.setdefault(k, []).append(PredictedMention(g[1], g[2], h[0].id if h else None, h[0].score if h else None))
+    return out
+
+
+def _write_elevant(p: Params, articles, preds: dict[str, list[PredictedMention]], out: Path) -> None:
+    """ELEVANT linked-articles JSONL: each benchmark article as in its file plus `entity_mentions`
+    ({span, id, recognized_by, linked_by, candidates}), one file per benchmark, for ELEVANT to score."""
+    raw: dict[str, dict] = {}
+    for path in p.evaluate.elevant:
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    art = json.loads(line)
+                    raw[f"{_bench_of(path)}/{art['id']}"] = art
+    by_bench: dict[str, list[dict]] = {}
+    for a in articles:
+        key = f"{a.benchmark}/{a.id}"
+        art = dict(raw[key])
+        art["entity_mentions"] = [
+            {"span": [m.start, m.end], "recognized_by": "onegen", **({"id": m.entity_id, "linked_by": "onegen",
+                                                                       "candidates": m.candidates} if m.entity_id else {})}
+            for m in sorted(preds.get(key, []), key=lambda m: (m.start, m.end))
+        ]
+        by_bench.setdefault(a.benchmark, []).append(art)
+    for bench, arts in by_bench.items():
+        write_jsonl(out / f"onegen.{bench}.linked_articles.jsonl", arts)
+
+
+def _bench_of(path: str) -> str:
+    from onegen_core.data.elevant import benchmark_name
+
+    return benchmark_name(path)
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """MLflow metric names: eval/<dataset>/<setting>/<system>/<metric>, eval/el[/<benchmark>]/<system>/<task>_<p|r|f1>."""
+    out: dict[str, float] = {}
+    for ds, settings in result.get("multihop", {}).items():
+        for setting, systems in settings.items():
+            for name, agg in systems.items():
+                for m in MULTIHOP_METRICS:
+                    out[f"eval/{ds}/{setting}/{name}/{m}"] = float(agg[m])
+    for name, buckets in result.get("entity_linking", {}).get("systems", {}).items():
+        for bucket, tasks_ in buckets.items():
+            prefix = "eval/el" if bucket == "all" else f"eval/el/{bucket}"
+            for t, s in tasks_.items():
+                for k, short in (("precision", "p"), ("recall", "r"), ("f1", "f1")):
+                    out[f"{prefix}/{name}/{t}_{short}"] = float(s[k])
+    return out
+
+
+def run(p: Params) -> dict:
+    cfg = p.evaluate
+    from tasks.lance_index import LanceIndex
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    lm, tok, _ = load_pretrained(cfg.checkpoint)
+    lm.eval()
+    ck = checkpoint_id(cfg.checkpoint)
+    units = LanceIndex(cfg.index_uri, cfg.units_table)
+    check_checkpoint(units, ck)
+    key = {"checkpoint_id": ck, **{k: v for k, v in flatten(cfg).items()
+                                   if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size")}}
+    cache = ResultCache(Path("runs") / "evaluate", key)
+    log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
+    result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "checkpoint_id": ck}
+    result["multihop"] = run_multihop(p, lm, tok, units, cache, out)
+    result["entity_linking"] = run_entity_linking(p, lm, tok, ck, cache, out)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(cfg.metrics_path, result)
+    from tasks.eval_report import write_report
+
+    report = write_report(result, out)
+    log.info("wrote %s and %s in %.0f s", cfg.metrics_path, report, result["seconds"])
+    if cfg.log_mlflow:
+        result["mlflow"] = log_to_mlflow(p, result, out)
+    return result
+
+
+def log_to_mlflow(p: Params, result: dict, out: Path) -> dict[str, str]:
+    """A nested `evaluate` run under the run that trained the checkpoint (found in its train_run.json),
+    holding every metric and the report; the headline metrics also go on the training run itself so
+    the MLflow UI compares training runs by them. Without a training run, a standalone run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from tasks.train import resolve_tracking_uri
+
+    meta_file = Path(p.evaluate.checkpoint) / "train_run.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    uri = meta.get("mlflow_tracking_uri") or resolve_tracking_uri(p.mlflow.tracking_uri)
+    client = MlflowClient(uri)
+    parent = meta.get("mlflow_run_id")
+    try:
+        exp_id = client.get_run(parent).info.experiment_id if parent else None
+    except Exception:  # the run was deleted or the store moved: evaluate standalone
+        log.warning("training run %s not found in %s; logging a standalone evaluate run", parent, uri)
+        parent, exp_id = None, None
+    if exp_id is None:
+        exp = client.get_experiment_by_name(p.mlflow.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(p.mlflow.experiment)
+    tags = {"onegen.stage": "evaluate", "onegen.checkpoint_id": result["checkpoint_id"]}
+    tags.update(json.loads(os.environ.get("ONEGEN_MLFLOW_TAGS", "{}") or "{}"))
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, run_name="evaluate", tags=tags)
+    rid = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = flat_metrics(result)
+    params = [Param(f"evaluate.{k}", str(v)[:500]) for k, v in flatten(p.evaluate).items()]
+    client.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], params=params)
+    client.log_artifacts(rid, str(out), "evaluate")
+    client.log_artifact(rid, p.evaluate.metrics_path)
+    client.set_terminated(rid, "FINISHED")
+    if parent:
+        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    log.info("MLflow: evaluate run %s (parent %s) at %s", rid, parent or "-", uri)
+    return {"run_id": rid, "parent_run_id": parent or "", "tracking_uri": uri}
+
+
+def main(argv: list[str] | None = None) -> None:
+    r = run(stage_params(__doc__, argv))
+    from tasks.eval_report import headline
+
+    print(headline(r))
+
+
+if __name__ == "__main__":
+    main()
