@@ -130,15 +130,33 @@ def dvc_hashes(lock: str | Path = "dvc.lock") -> dict[str, str]:
 
 def open_mlflow_run(p: Params, tracking_uri: str, run_name: str, run_dir: Path) -> str:
     """The run's MLflow run id: the one recorded for this Ray run (a resume continues it) or a new
-    run with every resolved param, the git commit and the DVC data hashes."""
+    run with every resolved param, the git commit and the DVC data hashes.
+
+    A caller (the Prefect flows) may pass ONEGEN_MLFLOW_PARENT_RUN_ID, which nests the run under that run
+    (tag `mlflow.parentRunId`; a continued run moves under the caller that continues it), and
+    ONEGEN_MLFLOW_TAGS, a JSON object of extra tags (set on new and continued runs)."""
+    import re
+
     import mlflow
     from mlflow import MlflowClient
 
+    extra: dict[str, str] = {}
+    raw = os.environ.get("ONEGEN_MLFLOW_TAGS", "").strip()
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"ONEGEN_MLFLOW_TAGS must be a JSON object of tags: {e}") from None
+        if not isinstance(extra, dict):
+            raise ValueError("ONEGEN_MLFLOW_TAGS must be a JSON object of tags")
+        extra = {str(k): str(v) for k, v in extra.items()}
+    parent = os.environ.get("ONEGEN_MLFLOW_PARENT_RUN_ID", "").strip()
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(p.mlflow.experiment)
     if exp is None:
-        loc = p.mlflow.artifact_location
-        if "://" not in loc:
+        # a URI (s3://, mlflow-artifacts:/, file:) as is, a path resolved here, '' = the server's default
+        loc = p.mlflow.artifact_location or None
+        if loc and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", loc):
             loc = Path(loc).resolve().as_uri()
         exp_id = client.create_experiment(p.mlflow.experiment, artifact_location=loc)
     else:
@@ -147,15 +165,21 @@ def open_mlflow_run(p: Params, tracking_uri: str, run_name: str, run_dir: Path) 
     if id_file.is_file():
         run_id = id_file.read_text().strip()
         try:
-            client.get_run(run_id)
+            prev = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
+            for k, v in extra.items():
+                client.set_tag(run_id, k, v)
+            if parent and prev.data.tags.get("mlflow.parentRunId") != parent:
+                client.set_tag(run_id, "mlflow.parentRunId", parent)  # the caller now running it
             log.info("continuing MLflow run %s", run_id)
             return run_id
         except mlflow.exceptions.MlflowException:
             log.warning("MLflow run %s of %s is gone; opening a new one", run_id, run_name)
     tags = {"onegen.ray_run": run_name, "host": socket.gethostname(), **git_state(), **dvc_hashes(),
             "data.train_file.sha256": file_digest(p.train_data.train_file),
-            "data.val_file.sha256": file_digest(p.train_data.val_file)}
+            "data.val_file.sha256": file_digest(p.train_data.val_file), **extra}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     from mlflow.entities import Param
 
