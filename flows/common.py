@@ -135,7 +135,23 @@ def _yaml_rt():
     y.preserve_quotes = True
     y.indent(mapping=2, sequence=4, offset=2)  # the layout of params.yaml
     y.width = 4096
+    y.representer.add_representer(float, _represent_float)
     return y
+
+
+def _represent_float(representer, value: float):
+    """Floats every YAML reader reads back as floats: 1e-05 is a string to YAML 1.1 (PyYAML, hence the
+    stages' params loader), 1.0e-05 is a float to both 1.1 and 1.2."""
+    if math.isnan(value):
+        text = ".nan"
+    elif math.isinf(value):
+        text = ".inf" if value > 0 else "-.inf"
+    else:
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exp = text.split("e")
+            text = f"{mantissa}.0e{exp}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def _keep_trailing_comment(parent, key: str, old: Any, new: Any) -> Any:
@@ -165,12 +181,14 @@ def _keep_trailing_comment(parent, key: str, old: Any, new: Any) -> Any:
     return new
 
 
-def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger | Any) -> dict[str, tuple[Any, Any]]:
-    """Write `overrides` (dotted key -> value) into params.yaml so DVC sees them, like `dvc exp run -S`:
-    only existing keys, values checked against the typed params before anything is written. Unlike
-    `dvc exp run -S`, the file is updated with a comment- and layout-preserving round trip that changes
-    only the overridden lines, the previous file is kept under .dvc/tmp/onegen/, and every change is
-    logged. Returns {key: (old, new)} for the keys whose value changed."""
+def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger | Any,
+                    backup: bool = True) -> dict[str, tuple[Any, Any]]:
+    """Write `overrides` (dotted key -> value) into params.yaml so DVC sees them, as `dvc exp run -S` does:
+    only existing keys, and the values are checked against the typed params before anything is written.
+    Unlike `dvc exp run -S` (whose writer re-flows the whole file and emits floats such as 1e-05 that YAML
+    1.1 readers take for strings), the file is updated with a comment- and layout-preserving round trip
+    that changes only the overridden lines; the previous file is kept under .dvc/tmp/onegen/ (`backup`)
+    and every change is logged. Returns {key: (old, new)} for the keys whose value changed."""
     from onegen_core.config import ConfigError, set_dotted
 
     if not overrides:
@@ -210,41 +228,21 @@ def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger |
         set_dotted(expected, key, value)
     if yaml.safe_load(buf.getvalue()) != expected:  # never leave a file that does not say what we meant
         raise FlowError("writing the overrides would change params.yaml beyond the overridden keys; untouched")
-    backup_dir = root / ".dvc" / "tmp" / "onegen"
-    backup_dir.mkdir(parents=True, exist_ok=True)
-    backup = backup_dir / f"params.yaml.{time.strftime('%Y%m%d-%H%M%S')}"
-    shutil.copy2(path, backup)
+    saved = ""
+    if backup:
+        backup_dir = root / ".dvc" / "tmp" / "onegen"
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        saved = str(backup_dir / f"params.yaml.{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, saved)
     tmp = path.with_name(path.name + ".onegen-tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
     for key, (old, new) in changes.items():
         log.warning("params.yaml: %s: %s -> %s", key, json.dumps(old), json.dumps(new))
-    log.warning("wrote %d override(s) into params.yaml (DVC reads stage params from it; the outputs will "
-                "match it). Previous file: %s; `git diff params.yaml` shows the change", len(changes), backup)
+    if backup:
+        log.warning("wrote %d override(s) into params.yaml (DVC reads stage params from it; the outputs will "
+                    "match it). Previous file: %s; `git diff params.yaml` shows the change", len(changes), saved)
     return changes
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value in the override grammar of `dvc exp run -S` (Hydra's)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            raise FlowError(f"cannot pass {value} as a parameter")
-        return repr(value)
-    if isinstance(value, str):
-        if re.fullmatch(r"[A-Za-z_/][A-Za-z0-9_./:-]*", value) and not isinstance(yaml.safe_load(value), (bool, type(None))):
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    raise FlowError(f"cannot pass a {type(value).__name__} as a parameter")
 
 
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:

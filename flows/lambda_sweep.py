@@ -1,16 +1,18 @@
 """The λr ablation (OneGen App. G.3.1) as DVC experiments: deployment `onegen/lambda-sweep`.
 
 For each λr (params `loss.lambda_r`, optionally with a fixed λg `loss.lambda_g` and loss kind `loss.kind`)
-the flow runs `dvc exp run -n <sweep>-lr<λr> -S loss.lambda_r=<λr> [-S …] <until>` in the workspace — train
-and evaluate, the data stages being unchanged — with ONEGEN_MLFLOW_TAGS carrying the sweep id and λr and
-ONEGEN_MLFLOW_PARENT_RUN_ID nesting the training run under the sweep's MLflow run. Each point's figures
+the flow runs one DVC experiment in the workspace — train and evaluate, the data stages being unchanged —
+with ONEGEN_MLFLOW_TAGS carrying the sweep id and λr and ONEGEN_MLFLOW_PARENT_RUN_ID nesting the training
+run under the sweep's MLflow run. The experiment is what `dvc exp run -n <sweep>-lr<λr> -S loss.lambda_r=<λr>
+[-S …] <until>` makes: `-S` only writes the keys into params.yaml before running, so the flow writes them
+itself (flows.common.write_overrides: same keys, layout kept, floats that every YAML reader reads back)
+and runs `dvc exp run -n <name> <until>`, which records them as the experiment's params. Each point's figures
 come from its training run in MLflow (train metrics such as `val/recall_at_1` and the final `loss`, and the
 `eval/…` metrics the evaluate stage logs there) and from the metrics files; absent ones stay empty.
 The comparison table (CSV + markdown) and a plot of each metric against λr are logged as artifacts of the
 sweep run (and kept under runs/sweeps/<sweep id>/).
 
-`dvc exp run -S` rewrites params.yaml for each point; the flow puts the file back as it found it when the
-sweep ends (the workspace's outputs are then the last point's: `dvc exp show` lists every point,
+Each point rewrites params.yaml; the flow puts the file back as it found it when the sweep ends (the workspace's outputs are then the last point's: `dvc exp show` lists every point,
 `dvc exp apply <name>` brings one back). DVC's temporary-directory experiments (`--temp`, `--queue`) are not
 used because params.yaml reads the data through ../shared, which a copy under .dvc/tmp would not see.
 """
@@ -27,15 +29,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (STAGES, FlowError, dvc_cmd, git_head, hydra_value, load_project_params, merged_overrides,
-                          mlflow_env, numeric_leaves, open_run, project_root, read_json, redact, refuse_secrets,
-                          run_location, secret_values, stage_chain, stage_env, stream_command)
+from flows.common import (STAGES, FlowError, dvc_cmd, git_head, load_project_params, merged_overrides, mlflow_env,
+                          numeric_leaves, open_run, project_root, read_json, redact, refuse_secrets,
+                          run_location, secret_values, stage_chain, stage_env, stream_command, write_overrides)
 
 # plotted when present, in this order (higher is better unless the name says loss)
 DEFAULT_PLOT_METRICS = (
     "eval/hotpotqa/distractor/onegen/em", "eval/hotpotqa/distractor/onegen/f1",
     "eval/hotpotqa/distractor/onegen/recall_at_1_question", "eval/el/onegen/el_f1",
-    "val/recall_at_1", "val/recall_at_5", "retrieval_loss_last", "lm_loss_last", "loss",
+    "val/recall_at_1", "val/recall_at_5", "retrieval_loss_last", "lm_loss_last",
 )
 TRAIN_JSON_KEYS = ("steps", "seconds", "lm_loss_first", "lm_loss_last", "retrieval_loss_first", "retrieval_loss_last")
 
@@ -80,13 +82,11 @@ def sweep_point(project_dir: str, until: str, lam: float, common: dict[str, Any]
     log = get_run_logger()
     root = Path(project_dir)
     sets = {**common, "loss.lambda_r": lam}
-    cmd = dvc_cmd("exp", "run", "-n", name)
-    for k, v in sets.items():
-        cmd += ["-S", f"{k}={hydra_value(v)}"]
-    cmd.append(until)
+    write_overrides(root, sets, log, backup=False)  # = the -S of `dvc exp run -S k=v …`
+    cmd = dvc_cmd("exp", "run", "-n", name, until)
     tags = {"onegen.sweep": sweep_id, "onegen.lambda_r": lam, "onegen.flow": "lambda-sweep", "onegen.exp": name}
     secrets = secret_values(root)
-    log.info("λr=%g: %s", lam, redact(" ".join(cmd[2:]), secrets))
+    log.info("λr=%g: %s (params: %s)", lam, " ".join(cmd[2:]), redact(json.dumps(sets), secrets))
     t0 = time.perf_counter()
     rc, last = stream_command(cmd, root, stage_env(root, mlflow_env(parent_run_id, tags)), log, secrets)
     if rc != 0:
@@ -149,6 +149,7 @@ def write_plot(rows: list[dict[str, Any]], out: Path, metrics: list[str]) -> str
         pts = [(r["lambda_r"], r[m]) for r in ok if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
         ax.set_xscale("symlog", linthresh=min([x for x, _ in pts if x > 0] or [1.0]))
+        ax.set_xticks([x for x, _ in pts], [f"{x:g}" for x, _ in pts])
         ax.set_xlabel("λr (loss.lambda_r)")
         ax.set_title(m, fontsize=9)
         ax.grid(alpha=0.3)
@@ -209,6 +210,10 @@ def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefec
              json.dumps(common) if common else "none", parent)
     params_path = root / "params.yaml"
     original = params_path.read_bytes()
+    saved = root / ".dvc" / "tmp" / "onegen" / f"params.yaml.before-{sweep_id}"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_bytes(original)  # should this process die mid-sweep
+    log.info("params.yaml saved to %s; it is restored when the sweep ends", saved)
     rows: list[dict[str, Any]] = []
     try:
         for lam in lambda_r:

@@ -94,7 +94,10 @@ def serve(project_dir: Path, host: str = DEFAULT_HOST, port: int = PREFECT_PORT,
                              f"the server already there")
         api = f"http://{host}:{port}/api"
         print(f"starting the Prefect server: {' '.join(prefect_server_command(host, port))}", flush=True)
-        server = subprocess.Popen(prefect_server_command(host, port), env=env, stdin=subprocess.DEVNULL)
+        # its own session: a Ctrl-C (or a signal to our process group) reaches this process only, which
+        # pauses its deployments on the server and then stops the server (finally below)
+        server = subprocess.Popen(prefect_server_command(host, port), env=env, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
         try:
             wait_healthy(api, server)
         except BaseException:

@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         train_core(argv[1:])
         return
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "repro":
         from flows.common import parse_cli_overrides
 
@@ -114,10 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         uri = tracking_uri(root, load_project_params(root).mlflow.tracking_uri)
         cmd = mlflow_ui_command(uri, args.host, args.port)
         print(" ".join(cmd), flush=True)
-        try:
-            raise SystemExit(subprocess.call(cmd, env=server_env(), cwd=root))
-        except KeyboardInterrupt:
-            raise SystemExit(130) from None
+        raise SystemExit(subprocess.call(cmd, env=server_env(), cwd=root))
 
 
 if __name__ == "__main__":
