@@ -203,6 +203,15 @@ def test_train_run_nests_under_the_parent_and_takes_the_flow_tags(tmp_path, monk
         open_mlflow_run(p, uri, "onegen-def", tmp_path / "run2")
 
 
+def test_one_task_per_stage_with_retries_only_where_remote_services_are_called():
+    from flows.full_repro import STAGES, stage_task
+
+    tasks = {s: stage_task(s) for s in STAGES}
+    assert {s: t.name for s, t in tasks.items()} == {s: s for s in STAGES}
+    assert tasks["annotate"].retries == 2 and tasks["annotate"].retry_delay_seconds
+    assert all(t.retries == 0 for s, t in tasks.items() if s != "annotate")
+
+
 def test_prefect_yaml_declares_both_deployments_on_the_process_pool():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
