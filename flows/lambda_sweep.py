@@ -116,7 +116,8 @@ def _fmt(v: Any) -> str:
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, metric_order: tuple[str, ...]) -> list[str]:
-    """rows -> sweep.csv and sweep.md (one row per λr, sorted); returns the columns."""
+    """rows -> sweep.csv (every figure collected) and sweep.md (the compared metrics only), one row per λr,
+    sorted; returns the CSV's columns."""
     first = ["lambda_r", "lambda_g", "loss_kind", "status"]
     present = {k for r in rows for k in r}
     metrics = [m for m in metric_order if m in present]
@@ -127,8 +128,9 @@ def write_table(rows: list[dict[str, Any]], out: Path, metric_order: tuple[str, 
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
+    short = [c for c in first if c in present] + metrics + [c for c in ("mlflow_run_id", "error") if c in present]
+    md = ["| " + " | ".join(short) + " |", "|" + "---|" * len(short)]
+    md += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "/") for c in short) + " |" for r in rows]
     (out / "sweep.md").write_text("\n".join(md) + "\n")
     return cols
 
@@ -144,8 +146,12 @@ def write_plot(rows: list[dict[str, Any]], out: Path, metrics: list[str]) -> str
     shown = [m for m in metrics if any(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for r in ok)][:6]
     if not shown:
         return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], shown):
+    ncols = min(3, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, shown):
         pts = [(r["lambda_r"], r[m]) for r in ok if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
         ax.set_xscale("symlog", linthresh=min([x for x, _ in pts if x > 0] or [1.0]))
