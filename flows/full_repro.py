@@ -40,10 +40,10 @@ def stage_task(stage: str):
 
 def _flow_run_info() -> dict[str, str]:
     try:
-        from prefect.runtime import flow_run
+        from prefect.runtime import deployment, flow_run
 
         return {"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
-                "prefect.deployment": str(getattr(flow_run, "deployment_id", None) or "")}
+                "prefect.deployment": str(deployment.name or "")}
     except Exception:  # noqa: BLE001 - only labels
         return {}
 

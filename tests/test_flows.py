@@ -239,11 +239,18 @@ def _api(url: str, body: dict | None = None):
         return json.loads(r.read())
 
 
+SOURCE_DIRS = ("onegen_core/", "tasks/", "flows/", "bench/", "tests/", "infra/", "profiles/", ".dvc/", ".ci/")
+
+
 def _copy_project(dst: Path) -> None:
-    """The git-visible files of this working tree (tracked and untracked-not-ignored) as a new repository."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
+    """This working tree's code and settings as a new repository: the tracked files, plus untracked ones
+    that are source (new modules not committed yet) — never outputs a pipeline run left behind."""
+    def ls(*args: str) -> list[str]:
+        out = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, capture_output=True, check=True).stdout
+        return [f for f in out.decode().split("\0") if f]
+
+    untracked = [f for f in ls("-o", "--exclude-standard") if f.startswith(SOURCE_DIRS) or "/" not in f]
+    for f in ls("-c") + untracked:
         src = ROOT / f
         if src.is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
@@ -341,7 +348,7 @@ def test_full_repro_deployment_runs_every_stage_then_skips_them(served):
     assert fr["state"]["type"] == "COMPLETED"
     client = _mlflow(proj)
     (parent,) = _runs(client, **{"prefect.flow_run_id": run_id, "onegen.kind": "full-repro"})
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["prefect.deployment"] == "full-repro"
     assert parent.data.tags["onegen.stage.train"] == "ran" and parent.data.tags["onegen.stage.evaluate"] == "ran"
     assert parent.data.metrics["train/steps"] == 2 and any(k.startswith("evaluate/") for k in parent.data.metrics)
     train = client.get_run(parent.data.tags["onegen.train_run_id"])
