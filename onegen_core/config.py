@@ -7,6 +7,7 @@ names the key (`train.lr: expected float, got str 'fast'`). Derived values are m
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\Z")
 
 
 class ConfigError(ValueError):
@@ -123,6 +127,7 @@ class TrainDataConfig:
     train_file: str = _f("data/label/train.jsonl", "training JSONL from the label stage (the documented format)")
     val_file: str = _f("data/label/val.jsonl", "validation JSONL from the label stage: retrieval accuracy during training")
     tasks: list[str] = _f(["multihop"], "which tasks of the files to train on (multihop, entity_linking, selfrag)")
+    max_examples_per_task: int = _f(0, "train on at most this many examples of each task (0 = all); a fixed hash-chosen subset")
     eval_every: int = _f(25, "validate every N optimizer steps (and after the last)")
     val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)")
     init_dir: str = _f("models/init", "the initial backbone (tiny: trained tokenizer + seeded weights), built once so every worker and every resume start from it")
@@ -161,7 +166,7 @@ class LoraSettings:
 @dataclass
 class MlflowConfig:
     tracking_uri: str = _f("sqlite:///mlruns.db", "MLflow tracking store (relative sqlite paths resolve against the project root)")
-    artifact_location: str = _f("mlartifacts", "artifact root of experiments this project creates (dir, s3://…)")
+    artifact_location: str = _f("mlartifacts", "artifact root of experiments this project creates: a path (resolved against the project), a URI (s3://…, mlflow-artifacts:/…), or '' = the tracking server's default")
     experiment: str = _f("onegen", "experiment name")
     registered_model: str = _f("onegen", "the final checkpoint is registered as a version of this model ('' = don't)")
     log_checkpoint: bool = _f(True, "log the final Hugging Face checkpoint as run artifacts")
@@ -241,6 +246,41 @@ class EncodeConfig:
     max_doc_length: int = _f(320, "documents are truncated to this many tokens (cut units are counted)")
     ann_min_rows: int = _f(50000, "build an IVF_PQ index at or above this many units; exact search below")
     report_path: str = _f("metrics/encode.json", "counts of what was encoded")
+    kb: str = _f("", "entity KB JSONL (id, title, description) encoded as `{title}: {description} [RD]`; '' = none")
+    kb_table: str = _f("entities", "table of the entity KB's vectors (entity linking retrieves from it)")
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = _f("models/core", "the trained checkpoint to evaluate (its index comes from `encode`)")
+    index_uri: str = _f("data/index", "LanceDB URI the encode stage filled")
+    units_table: str = _f("units", "passage table (multi-hop retrieval)")
+    kb_table: str = _f("entities", "entity table (entity linking retrieval)")
+    hotpotqa: str = _f("data/prepared/hotpotqa_heldout.jsonl", "held-out HotpotQA questions ('' = skip)")
+    wiki2: str = _f("data/prepared/2wiki_heldout.jsonl", "held-out 2WikiMultihopQA questions ('' = skip)")
+    elevant: list[str] = _f([], "ELEVANT benchmark files to link (their articles must not be trained on)")
+    el_benchmarks: list[str] = _f([], "restrict `elevant` to these benchmark names ([] = all listed files)")
+    settings: list[str] = _f(["distractor", "open"], "multi-hop retrieval over each question's own paragraphs and/or the whole index")
+    max_questions: int = _f(0, "evaluate at most this many questions per dataset (0 = all)")
+    max_articles: int = _f(0, "link at most this many articles per benchmark (0 = all)")
+    max_retrievals: int = _f(4, "multi-hop: a question emitting more [RQ] than this is a miss (retrieval_cap)")
+    max_new_tokens: int = _f(160, "multi-hop: tokens the model may sample per question")
+    el_max_chars: int = _f(1500, "entity linking: article windows of at most this many characters (as trained)")
+    el_max_retrievals: int = _f(64, "entity linking: [RQ] cap per window")
+    baselines: list[str] = _f(["minilm", "bm25"], "retrievers run with the same generator: minilm (pipeline), bm25")
+    sft_checkpoint: str = _f("", "an SFT-only (lambda_r = 0) checkpoint evaluated as generator with MiniLM retrieval; '' = none")
+    batch_size: int = _f(8, "rows generated together")
+    out_dir: str = _f("reports/evaluate", "report.md, plots and per-example predictions (JSONL, ELEVANT JSONL)")
+    metrics_path: str = _f("metrics/evaluate.json", "DVC metrics")
+    log_mlflow: bool = _f(True, "log metrics and the report to the MLflow run that trained the checkpoint")
+
+    def __post_init__(self) -> None:
+        bad = set(self.settings) - {"distractor", "open"}
+        if bad:
+            raise ConfigError(f"evaluate.settings: unknown {sorted(bad)} (use distractor, open)")
+        bad = set(self.baselines) - {"minilm", "bm25"}
+        if bad:
+            raise ConfigError(f"evaluate.baselines: unknown {sorted(bad)} (use minilm, bm25)")
 
 
 @dataclass
@@ -260,6 +300,7 @@ class Params:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -295,6 +336,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.match(value):
+            # PyYAML (YAML 1.1) reads `1e-05` — what `dvc exp run -S train.lr=1e-5` writes — as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)

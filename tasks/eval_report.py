@@ -113,7 +113,8 @@ def headline(result: dict) -> str:
         for setting, systems in settings.items():
             a = systems.get("onegen")
             if a:
-                parts.append(f"{ds}/{setting}: EM {_pct(a['em'])} F1 {_pct(a['f1'])} R@1 {_pct(a['recall_at_1_question'])}")
+                parts.append(f"{ds}/{setting}: EM {_pct(a['em'])} F1 {_pct(a['f1'])} R@1 sub-query "
+                             f"{_pct(a['recall_at_1_subquery'])} question {_pct(a['recall_at_1_question'])}")
     el = (result.get("entity_linking") or {}).get("systems", {}).get("onegen", {}).get("all")
     if el:
         parts.append(f"EL F1 {_pct(el['el']['f1'])} (MD {_pct(el['md']['f1'])}, ED {_pct(el['ed']['f1'])})")

@@ -342,6 +342,7 @@ def run(p: Params) -> dict:
     log.info("wrote %s and %s in %.0f s", cfg.metrics_path, report, result["seconds"])
     if cfg.log_mlflow:
         result["mlflow"] = log_to_mlflow(p, result, out)
+        write_json(cfg.metrics_path, result)  # now with where the MLflow run is
     return result
 
 

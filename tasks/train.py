@@ -43,12 +43,23 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# The core modules a training step runs (dvc.yaml's `train` deps list the same). config.py is left out:
+# the resolved params are fingerprinted themselves, and adding a section for another stage must not
+# invalidate a finished training run. Inference/evaluation modules are not training code.
+TRAINING_CODE = ("onegen_core/__init__.py", "onegen_core/backbone.py", "onegen_core/collator.py",
+                 "onegen_core/encoding.py", "onegen_core/evaluation.py", "onegen_core/lora.py", "onegen_core/losses.py",
+                 "onegen_core/model.py", "onegen_core/pairs.py", "onegen_core/retrieval_eval.py",
+                 "onegen_core/schedule.py", "onegen_core/segments.py", "onegen_core/tokens.py",
+                 "onegen_core/train_loop.py", "onegen_core/reconstruct", "onegen_core/data", "tasks/train_worker.py")
+
+
 def code_digest() -> str:
-    """Digest of the code a training step runs (the core and the worker loop): a finished run is
-    reused only by the same code, while a resume after a crash or Ctrl-C still finds its run."""
+    """Digest of the code a training step runs (TRAINING_CODE): a finished run is reused only by the
+    same code, while a resume after a crash or Ctrl-C still finds its run."""
     root = Path(__file__).resolve().parents[1]
+    files = [f for entry in TRAINING_CODE for f in ((root / entry).rglob("*.py") if (root / entry).is_dir() else [root / entry])]
     h = hashlib.sha256()
-    for f in sorted([*(root / "onegen_core").rglob("*.py"), root / "tasks" / "train_worker.py"]):
+    for f in sorted(files):
         h.update(f.relative_to(root).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
@@ -80,7 +91,7 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     if out.is_dir() and read_meta(out).get("init_key") == init_key:
         log.info("initial backbone %s is current (%s)", out, init_key)
         return str(out.resolve())
-    examples = load_examples(p.train_data.train_file, p.train_data.tasks)
+    examples = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.max_examples_per_task)
     lm, tokenizer, _, meta = build_backbone(p.backbone, corpus_texts(examples, p.tokenizer.corpus),
                                             p.tokenizer.vocab_size, p.tokenizer.min_frequency, p.train.seed)
     tmp = out.with_name(out.name + ".tmp")

@@ -1,14 +1,17 @@
 """Reading the label stage's training JSONL (the documented format, `TrainingExample.to_dict`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from onegen_core.segments import TrainingExample
 
 
-def load_examples(path: str | Path, tasks: list[str]) -> list[TrainingExample]:
-    """Examples of `tasks` in `path`; a malformed line is an error naming the line and field."""
+def load_examples(path: str | Path, tasks: list[str], max_per_task: int = 0) -> list[TrainingExample]:
+    """Examples of `tasks` in `path`; a malformed line is an error naming the line and field.
+    `max_per_task` > 0 keeps that many examples of each task, chosen by a hash of the example id (the
+    same subset whatever the file order), in file order."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: training file missing; run `dvc repro label`")
     out = []
@@ -19,4 +22,10 @@ def load_examples(path: str | Path, tasks: list[str]) -> list[TrainingExample]:
                 out.append(ex)
     if not out:
         raise ValueError(f"{path}: no examples of tasks {tasks}")
+    if max_per_task > 0:
+        keep: set[str] = set()
+        for task in tasks:
+            ids = sorted((e.id for e in out if e.task == task), key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+            keep.update(ids[:max_per_task])
+        out = [e for e in out if e.id in keep]
     return out

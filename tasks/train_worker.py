@@ -55,7 +55,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     t_cfg = p.train
 
-    train_ex = load_examples(config["train_file"], p.train_data.tasks)
+    train_ex = load_examples(config["train_file"], p.train_data.tasks, p.train_data.max_examples_per_task)
     val_ex = load_examples(config["val_file"], p.train_data.tasks)
     if p.train_data.val_max_examples:
         val_ex = val_ex[:p.train_data.val_max_examples]

@@ -82,3 +82,16 @@ def test_profile_errors_name_the_profile(tmp_path):
     (tmp_path / "profiles" / "bad.yaml").write_text("train:\n  lr_typo: 1.0\n")
     with pytest.raises(ConfigError, match=r"bad.yaml.*train.lr_typo"):
         load_params(tmp_path / "params.yaml", {"profile": "bad"})
+
+
+def test_exponent_floats_written_by_dvc_are_read_as_floats():
+    """`dvc exp run -S train.lr=1e-5` writes `1e-05`, which PyYAML (YAML 1.1) reads as a string."""
+    import yaml
+
+    from onegen_core.config import ConfigError, load_params
+
+    value = yaml.safe_load("lr: 1e-05")["lr"]
+    assert value == "1e-05"
+    assert load_params(ROOT / "params.yaml", {"train.lr": value}).train.lr == 1e-5
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_params(ROOT / "params.yaml", {"train.lr": "fast"})

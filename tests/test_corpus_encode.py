@@ -74,3 +74,26 @@ def test_encode_stage_resumes(tmp_path, char_tokenizer, tiny_lm, shared_data):
     assert first["units_in_index"] > 20 and first["units_truncated"] == 0
     again = encode.run(cfg)  # nothing left to do
     assert again["documents_encoded_now"] == 0 and again["units_in_index"] == first["units_in_index"]
+
+
+@pytest.mark.slow
+def test_encode_resume_never_duplicates_units(tmp_path, char_tokenizer, tiny_lm, shared_data):
+    """A document whose last units were cut by truncation is re-encoded on every run (it is never
+    complete); the units it already stored must not be added again."""
+    pytest.importorskip("lancedb")
+    from onegen_core.backbone import save_checkpoint
+    from onegen_core.config import EncodeConfig
+    from tasks import encode
+    from tasks.lance_index import LanceIndex
+
+    ckpt = save_checkpoint(tiny_lm, char_tokenizer, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(json.loads((shared_data / "hotpotqa" / "dev_distractor_sample.json").read_text())[:1]))
+    cfg = EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(one)], batch_size=4,
+                       max_doc_length=200, report_path=str(tmp_path / "enc.json"))
+    first = encode.run(cfg)
+    assert first["units_truncated"] > 0  # some paragraph is longer than 200 characters
+    again = encode.run(cfg)
+    assert again["documents_encoded_now"] > 0 and again["units_in_index"] == first["units_in_index"]
+    ids = [r.id for r in LanceIndex(cfg.uri, cfg.table).records()]
+    assert len(ids) == len(set(ids))
