@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test serve ui clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -15,13 +15,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# prepare → annotate → label → train → encode through DVC (unchanged stages are skipped)
+# prepare → annotate → label → train → encode → evaluate through DVC (unchanged stages are skipped)
 run: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 dvc repro encode
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 dvc repro evaluate
 	$(VENV)/bin/python -m tasks.summary
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+# Prefect server on 127.0.0.1 + the onegen/full-repro and onegen/lambda-sweep deployments
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/onegen serve
+
+# MLflow UI over the project's tracking store on 127.0.0.1:5000
+ui: $(STAMP)
+	$(VENV)/bin/onegen ui
 
 clean:
 	rm -rf $(VENV) models metrics

@@ -30,6 +30,20 @@ def main(paths: list[str] | None = None) -> None:
         e = json.loads(enc.read_text())
         print(f"encode: {e['units_in_index']} [RD] vectors of {e['documents']} documents in {e['uri']}"
               f" (checkpoint {e['checkpoint_id']}; {e['units_truncated']} units cut by truncation)")
+    ev = metrics / "evaluate.json"
+    if ev.is_file():
+        from tasks.eval_report import headline
+
+        r = json.loads(ev.read_text())
+        print(headline(r))
+        mh = r.get("multihop", {}).get("hotpotqa", {}).get("distractor", {})
+        if mh:
+            print("  HotpotQA distractor, same generator: " + "; ".join(
+                f"{k} R@1 {100 * a['recall_at_1_subquery']:.1f} (sub-query)" for k, a in mh.items()))
+        if r.get("mlflow"):
+            m = r["mlflow"]
+            print(f"  MLflow: evaluate run {m['run_id']} under training run {m['parent_run_id'] or '-'} at {m['tracking_uri']}")
+        print("  report: reports/evaluate/report.md")
     for name in ("prepared", "label"):
         rep = Path("data") / name / "report.json"
         if rep.is_file():
