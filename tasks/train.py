@@ -74,6 +74,15 @@ def run_fingerprint(p: Params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def initial_backbone_key(p: Params) -> str:
+    """What the tiny initial backbone depends on: its settings, the seed, and the texts its tokenizer is
+    trained on — the training file and which of its examples are used (tasks, per-task cap)."""
+    key = {k: v for k, v in flatten(p).items()
+           if k.startswith(("backbone", "tokenizer", "train.seed", "train_data.tasks", "train_data.max_examples_per_task"))}
+    key["train_file"] = file_digest(p.train_data.train_file)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def prepare_init(p: Params, fingerprint: str) -> str:
     """The checkpoint every worker loads. Tiny backbone: build it once here (BPE trained on the
     training texts, weights seeded) and save it, so all ranks and every resume start identical.
@@ -85,9 +94,7 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     from tasks.train_data import load_examples
 
     out = Path(p.train_data.init_dir)
-    key = {k: v for k, v in flatten(p).items() if k.startswith(("backbone", "tokenizer", "train.seed"))}
-    key["train_file"] = file_digest(p.train_data.train_file)
-    init_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    init_key = initial_backbone_key(p)
     if out.is_dir() and read_meta(out).get("init_key") == init_key:
         log.info("initial backbone %s is current (%s)", out, init_key)
         return str(out.resolve())

@@ -100,3 +100,23 @@ def test_linear_schedule_reaches_the_floor():
     assert lr_at(0, 10, 1.0, 0, 0.0, "linear") == 1.0
     assert lr_at(5, 10, 1.0, 0, 0.0, "linear") == 0.5
     assert lr_at(10, 10, 1.0, 0, 0.0, "linear") == 0.0
+
+
+def test_initial_backbone_is_rebuilt_when_its_tokenizer_texts_change(tmp_path):
+    """The tiny backbone's tokenizer is trained on the examples used, so which tasks (and how many
+    examples of each) are trained on must change its key: a reused init from other texts truncates
+    and tokenises differently."""
+    from pathlib import Path
+
+    from onegen_core.config import load_params
+    from tasks.train import initial_backbone_key
+
+    root = Path(__file__).resolve().parents[1]
+    f = tmp_path / "train.jsonl"
+    f.write_text("{}\n")
+    base = {"train_data.train_file": str(f)}
+    a = initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.tasks": ["multihop"]}))
+    b = initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.tasks": ["multihop", "entity_linking"]}))
+    c = initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.max_examples_per_task": 7}))
+    assert len({a, b, c}) == 3
+    assert a == initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.tasks": ["multihop"]}))
