@@ -43,7 +43,7 @@ from onegen_core.eval_linking import (
 from onegen_core.eval_multihop import aggregate, evaluate_multihop, gold_of, query_text_of
 from onegen_core.index import check_checkpoint
 from onegen_core.inference import EngineStats, RetrievalPolicy
-from tasks.stage_common import stage_params, write_json, write_jsonl
+from tasks.stage_common import mlflow_env_tags, stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.evaluate")
 MULTIHOP_METRICS = ("em", "f1", "recall_at_1_subquery", "recall_at_1_question", "unit_recall_at_1", "misses")
@@ -369,7 +369,7 @@ def log_to_mlflow(p: Params, result: dict, out: Path) -> dict[str, str]:
         exp = client.get_experiment_by_name(p.mlflow.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(p.mlflow.experiment)
     tags = {"onegen.stage": "evaluate", "onegen.checkpoint_id": result["checkpoint_id"]}
-    tags.update(json.loads(os.environ.get("ONEGEN_MLFLOW_TAGS", "{}") or "{}"))
+    tags.update(mlflow_env_tags())
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, run_name="evaluate", tags=tags)

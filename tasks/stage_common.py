@@ -35,6 +35,20 @@ def stage_params(doc: str, argv: list[str] | None = None) -> Params:
     return load_params(args.params, parse_overrides(args.set))
 
 
+def mlflow_env_tags() -> dict[str, str]:
+    """Extra MLflow tags a caller (the Prefect flows) passes in ONEGEN_MLFLOW_TAGS, a JSON object."""
+    raw = os.environ.get("ONEGEN_MLFLOW_TAGS", "").strip()
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"ONEGEN_MLFLOW_TAGS must be a JSON object of tags: {e}") from None
+    if not isinstance(tags, dict):
+        raise ValueError("ONEGEN_MLFLOW_TAGS must be a JSON object of tags")
+    return {str(k): str(v) for k, v in tags.items()}
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), json.dumps(obj, indent=2, default=str) + "\n")
 

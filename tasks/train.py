@@ -158,16 +158,9 @@ def open_mlflow_run(p: Params, tracking_uri: str, run_name: str, run_dir: Path) 
     import mlflow
     from mlflow import MlflowClient
 
-    extra: dict[str, str] = {}
-    raw = os.environ.get("ONEGEN_MLFLOW_TAGS", "").strip()
-    if raw:
-        try:
-            extra = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"ONEGEN_MLFLOW_TAGS must be a JSON object of tags: {e}") from None
-        if not isinstance(extra, dict):
-            raise ValueError("ONEGEN_MLFLOW_TAGS must be a JSON object of tags")
-        extra = {str(k): str(v) for k, v in extra.items()}
+    from tasks.stage_common import mlflow_env_tags
+
+    extra = mlflow_env_tags()
     parent = os.environ.get("ONEGEN_MLFLOW_PARENT_RUN_ID", "").strip()
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(p.mlflow.experiment)

@@ -57,18 +57,24 @@ def test_document_sources(shared_data):
     assert pas[0].units == ("One sentence.", " Another one.")
 
 
+def _encode_setup(tmp_path, tok, lm, shared_data, n_questions: int, max_doc_length: int):
+    """A saved checkpoint and an EncodeConfig over the first `n_questions` HotpotQA dev questions."""
+    from onegen_core.backbone import save_checkpoint
+    from onegen_core.config import EncodeConfig
+
+    ckpt = save_checkpoint(lm, tok, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps(json.loads((shared_data / "hotpotqa" / "dev_distractor_sample.json").read_text())[:n_questions]))
+    return EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(sample)], batch_size=4,
+                        max_doc_length=max_doc_length, report_path=str(tmp_path / "enc.json"))
+
+
 @pytest.mark.slow
 def test_encode_stage_resumes(tmp_path, char_tokenizer, tiny_lm, shared_data):
     pytest.importorskip("lancedb")
-    from onegen_core.backbone import save_checkpoint
-    from onegen_core.config import EncodeConfig
     from tasks import encode
 
-    ckpt = save_checkpoint(tiny_lm, char_tokenizer, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
-    two = tmp_path / "two.json"
-    two.write_text(json.dumps(json.loads((shared_data / "hotpotqa" / "dev_distractor_sample.json").read_text())[:2]))
-    cfg = EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(two)], batch_size=4,
-                       max_doc_length=4096, report_path=str(tmp_path / "enc.json"))
+    cfg = _encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=2, max_doc_length=4096)
     first = encode.run(cfg)
     assert first["documents_encoded_now"] == first["documents"] == 20
     assert first["units_in_index"] > 20 and first["units_truncated"] == 0
@@ -81,16 +87,10 @@ def test_encode_resume_never_duplicates_units(tmp_path, char_tokenizer, tiny_lm,
     """A document whose last units were cut by truncation is re-encoded on every run (it is never
     complete); the units it already stored must not be added again."""
     pytest.importorskip("lancedb")
-    from onegen_core.backbone import save_checkpoint
-    from onegen_core.config import EncodeConfig
     from tasks import encode
     from tasks.lance_index import LanceIndex
 
-    ckpt = save_checkpoint(tiny_lm, char_tokenizer, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps(json.loads((shared_data / "hotpotqa" / "dev_distractor_sample.json").read_text())[:1]))
-    cfg = EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(one)], batch_size=4,
-                       max_doc_length=200, report_path=str(tmp_path / "enc.json"))
+    cfg = _encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=1, max_doc_length=200)
     first = encode.run(cfg)
     assert first["units_truncated"] > 0  # some paragraph is longer than 200 characters
     again = encode.run(cfg)
