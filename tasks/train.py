@@ -87,9 +87,10 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     """The checkpoint every worker loads. Tiny backbone: build it once here (BPE trained on the
     training texts, weights seeded) and save it, so all ranks and every resume start identical.
     Pretrained backbone: its own name/path (each rank adds the OneGen tokens the same way)."""
+    from onegen_core.backbone import build_backbone, read_meta, resolve_backbone_name, save_checkpoint
+
     if not p.backbone.is_tiny():
-        return p.backbone.name
-    from onegen_core.backbone import build_backbone, read_meta, save_checkpoint
+        return resolve_backbone_name(p.backbone.name)
     from tasks.train_core import corpus_texts
     from tasks.train_data import load_examples
 

