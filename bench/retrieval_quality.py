@@ -28,6 +28,7 @@ from onegen_core.model import OneGenModel  # noqa: E402
 from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop  # noqa: E402
 from onegen_core.retrieval_eval import retrieval_recall  # noqa: E402
 from tasks.baselines import BM25Index, MiniLMEncoder  # noqa: E402
+from tasks.stage_common import parse_overrides  # noqa: E402
 from tasks.train_core import split_records  # noqa: E402
 
 
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", default=None, help="trained checkpoint (default: train.output_dir)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default="metrics/retrieval_quality.json")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override, e.g. -S profile=cpu-smollm2-135m (the held-out split comes from params)")
     args = ap.parse_args(argv)
-    p = load_params(args.params)
+    p = load_params(args.params, parse_overrides(args.set))
     ckpt = args.checkpoint or p.train.output_dir
     _, held = split_records(p)
     cfg = dataclasses.replace(p.reconstruct, max_negative_paragraphs=10_000)
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "checkpoint": ckpt,
         "held_out_questions": len(held),
-        "onegen": {k: onegen[k] for k in ("recall_at_1", "doc_recall_at_1", "queries")},
+        "onegen": {k: onegen[k] for k in ("recall_at_1", "doc_recall_at_1", "queries",
+                                          "recall_at_1_first_rq", "recall_at_1_later_rq")},
         "bm25": bm25,
         "minilm_pipeline": mini,
         "random_recall_at_1": float(np.mean([len(q[1]) / len(q[3]) for q in queries])),

@@ -120,3 +120,22 @@ def test_initial_backbone_is_rebuilt_when_its_tokenizer_texts_change(tmp_path):
     c = initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.max_examples_per_task": 7}))
     assert len({a, b, c}) == 3
     assert a == initial_backbone_key(load_params(root / "params.yaml", {**base, "train_data.tasks": ["multihop"]}))
+
+
+def test_retrieval_recall_splits_first_and_later_rq(char_tokenizer, tiny_lm, shared_data):
+    """Recall@1 is the query-weighted mean of its first-[RQ] and later-[RQ] parts, and each
+    two-hop question contributes exactly one first [RQ]."""
+    from onegen_core.config import ReconstructConfig
+    from onegen_core.data import load_hotpotqa
+    from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
+
+    recs = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[:6]
+    cfg = ReconstructConfig(max_negative_paragraphs=2)
+    exs = [reconstruct_multihop(r, hops_from_supporting_facts(r), cfg, 0) for r in recs]
+    col = OneGenCollator(char_tokenizer, max_length=100_000, max_doc_length=100_000, share_negatives=False)
+    out = retrieval_recall(OneGenModel(tiny_lm, LossConfig()), col, exs)
+    n_first = sum(1 for e in exs if e.queries)
+    n_later = sum(len(e.queries) for e in exs) - n_first
+    assert out["queries"] == n_first + n_later and n_later > 0
+    weighted = out["recall_at_1_first_rq"] * n_first + out["recall_at_1_later_rq"] * n_later
+    assert weighted == pytest.approx(out["recall_at_1"] * out["queries"])
