@@ -114,6 +114,17 @@ def load_gguf(path: str | Path, cfg: BackboneConfig | None = None):
     return model, tokenizer
 
 
+def load_config(name_or_path: str):
+    """The model config of a backbone (hub id, directory, GGUF file or package: name) without its
+    weights — e.g. the hidden size DeepSpeed's bucket sizes derive from."""
+    from transformers import AutoConfig
+
+    path = resolve_backbone_name(name_or_path)
+    if path.endswith(".gguf"):
+        return AutoConfig.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+    return AutoConfig.from_pretrained(path)
+
+
 def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
     """Load a causal LM and its tokenizer from a hub id, a local directory (safetensors only) or a
     GGUF file (also `package:<pkg>/<file>.gguf`), add the OneGen tokens, and return

@@ -281,9 +281,9 @@ def run(p: Params) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     init_dir = prepare_init(p, fingerprint)
-    from transformers import AutoConfig
+    from onegen_core.backbone import load_config
 
-    hidden = AutoConfig.from_pretrained(init_dir).hidden_size
+    hidden = load_config(init_dir).hidden_size
     ds_config = resolved_ds_config(p, p.distributed.num_workers, hidden)
     validate(ds_config, p.distributed.num_workers)
 

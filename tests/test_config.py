@@ -81,7 +81,7 @@ def test_cpu_smollm2_profile_names_the_packaged_gguf_and_stays_on_cpu():
     assert p.backbone.name.startswith("package:") and not p.backbone.is_tiny()
     assert resolve_backbone_name(p.backbone.name).endswith(".gguf")
     assert not p.distributed.use_gpu and p.backbone.dtype == "float32"
-    assert p.loss.lambda_r == 1.0 and p.train.lr == 5e-5
+    assert p.loss.lambda_r == 1.0 and p.loss.kind == "info_nce" and p.train.lr == 1e-4
 
 
 def test_profile_errors_name_the_profile(tmp_path):

