@@ -94,6 +94,14 @@ def resolve_backbone_name(name: str) -> str:
     return str(local.resolve()) if local.exists() else name
 
 
+def _gguf_location(path: str | Path) -> Path:
+    """transformers takes a GGUF as (directory, gguf_file=name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: GGUF file not found")
+    return path
+
+
 def load_gguf(path: str | Path, cfg: BackboneConfig | None = None):
     """A GGUF file (llama.cpp's format) as a plain Hugging Face causal LM and tokenizer: transformers
     de-quantizes every tensor to `cfg.dtype` on load. The result is an ordinary full-precision
@@ -102,11 +110,9 @@ def load_gguf(path: str | Path, cfg: BackboneConfig | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = cfg or BackboneConfig(name=str(path))
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF file not found")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(cfg.dtype),
+    where = _gguf_location(path)
+    tokenizer = AutoTokenizer.from_pretrained(where.parent, gguf_file=where.name)
+    model = AutoModelForCausalLM.from_pretrained(where.parent, gguf_file=where.name, dtype=_dtype(cfg.dtype),
                                                  attn_implementation=cfg.attn_implementation)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -121,7 +127,8 @@ def load_config(name_or_path: str):
 
     path = resolve_backbone_name(name_or_path)
     if path.endswith(".gguf"):
-        return AutoConfig.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+        where = _gguf_location(path)
+        return AutoConfig.from_pretrained(where.parent, gguf_file=where.name)
     return AutoConfig.from_pretrained(path)
 
 
@@ -209,6 +216,5 @@ def build_backbone(cfg: BackboneConfig, corpus_texts: Iterable[str] | None, voca
         ids = SpecialTokenIds.from_tokenizer(tokenizer)
         return model, tokenizer, ids, {"backbone": "tiny", "tokenizer": "bpe-trained"}
     model, tokenizer, ids = load_pretrained(cfg.name, cfg)
-    path = resolve_backbone_name(cfg.name)
-    meta = read_meta(path) if Path(path).is_dir() else {}
+    meta = read_meta(cfg.name)  # {} for hub ids, GGUF files and package: names
     return model, tokenizer, ids, {"backbone": cfg.name, "tokenizer": meta.get("tokenizer", "pretrained")}
