@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from onegen_core.config import LossConfig, TinyBackboneConfig, load_params
+from onegen_core.data import load_passages
+from onegen_core.inference.document_encoding import encode_documents
+from onegen_core.inference.generation import EngineStats, RetrievalPolicy, default_paste, generate
+from onegen_core.inference.index import ExactIndex, Hit
+from onegen_core.method.backbone import build_tiny_backbone, train_bpe_tokenizer
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.method.segments import Document
+from onegen_core.method.tokens import MENTION_CLOSE, MENTION_OPEN, SpecialTokenIds
 
-from onegen_core.backbone import build_tiny_backbone, train_bpe_tokenizer  # noqa: E402
-from onegen_core.collator import OneGenCollator  # noqa: E402
-from onegen_core.config import LossConfig, TinyBackboneConfig, load_params  # noqa: E402
-from onegen_core.corpus import encode_documents  # noqa: E402
-from onegen_core.data import load_passages  # noqa: E402
-from onegen_core.index import ExactIndex, Hit  # noqa: E402
-from onegen_core.inference import EngineStats, RetrievalPolicy, default_paste, generate  # noqa: E402
-from onegen_core.model import OneGenModel  # noqa: E402
-from onegen_core.segments import Document  # noqa: E402
-from onegen_core.tokens import MENTION_CLOSE, MENTION_OPEN, SpecialTokenIds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CORPUS = ROOT.parent / "shared" / "data" / "2wikimultihopqa" / "corpus_sample.json"
 METHODS = ("onegen", "grit", "pipeline", "lower")

@@ -12,24 +12,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from onegen_core.config import load_params, parse_overrides
+from onegen_core.data import load_hotpotqa
+from onegen_core.evaluation.retrieval import retrieval_recall
+from onegen_core.inference.document_encoding import unit_records
+from onegen_core.method.backbone import load_pretrained
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
+from tasks.baselines import BM25Index, MiniLMEncoder
 
-from onegen_core.backbone import load_pretrained  # noqa: E402
-from onegen_core.collator import OneGenCollator  # noqa: E402
-from onegen_core.config import load_params  # noqa: E402
-from onegen_core.corpus import unit_records  # noqa: E402
-from onegen_core.model import OneGenModel  # noqa: E402
-from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop  # noqa: E402
-from onegen_core.retrieval_eval import retrieval_recall  # noqa: E402
-from tasks.baselines import BM25Index, MiniLMEncoder  # noqa: E402
-from tasks.stage_common import parse_overrides  # noqa: E402
-from tasks.train_core import split_records  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def baseline_recall(search, queries: list[tuple[str, set[str], set[str], set[str]]]) -> dict[str, float]:
@@ -50,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = load_params(args.params, parse_overrides(args.set))
     ckpt = args.checkpoint or p.train.output_dir
-    _, held = split_records(p)
+    # the held-out questions of the prepare stage's split (never trained on)
+    held = load_hotpotqa(p.prepare.hotpotqa_dev)[p.prepare.dev_train_count:]
     cfg = dataclasses.replace(p.reconstruct, max_negative_paragraphs=10_000)
     examples = [reconstruct_multihop(r, hops_from_supporting_facts(r), cfg, p.train.seed) for r in held]
 

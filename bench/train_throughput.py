@@ -11,30 +11,28 @@ OneGen processes more tokens (the documents), so the fair question is what it co
 is cheaper than a main token (documents have no LM head over the vocabulary). Rounds alternate SFT and OneGen and the fastest of each is kept (this
 machine is noisy); the figures come from one run. Writes metrics/train_throughput.json.
 
-    python bench/train_throughput.py [--rounds 5] [--batch 4] [--out metrics]
+    python -m bench.train_throughput [--rounds 5] [--batch 4] [--out metrics]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from onegen_core.config import load_params
+from onegen_core.data import load_hotpotqa
+from onegen_core.method.backbone import build_tiny_backbone, train_bpe_tokenizer
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.method.tokens import add_special_tokens
+from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
+from onegen_core.training.dataset import tokenizer_texts
 
-from onegen_core.backbone import build_tiny_backbone, train_bpe_tokenizer  # noqa: E402
-from onegen_core.collator import OneGenCollator  # noqa: E402
-from onegen_core.config import load_params  # noqa: E402
-from onegen_core.data import load_hotpotqa  # noqa: E402
-from onegen_core.model import OneGenModel  # noqa: E402
-from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop  # noqa: E402
-from onegen_core.tokens import add_special_tokens  # noqa: E402
-from tasks.train_core import corpus_texts  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_step(model: OneGenModel, batch, opt: torch.optim.Optimizer, seed: int) -> float:
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     recs = load_hotpotqa(args.data)[:args.batch]
     examples = [reconstruct_multihop(r, hops_from_supporting_facts(r), p.reconstruct, 0) for r in recs]
-    tok = train_bpe_tokenizer(corpus_texts(examples, []), p.tokenizer.vocab_size, p.tokenizer.min_frequency)
+    tok = train_bpe_tokenizer(tokenizer_texts(examples, []), p.tokenizer.vocab_size, p.tokenizer.min_frequency)
     add_special_tokens(tok)
     batch = OneGenCollator(tok, p.train.max_length, p.train.max_doc_length, p.loss.share_negatives)(examples)
     main_tokens = int(batch.attention_mask.sum())

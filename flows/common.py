@@ -21,13 +21,13 @@ from typing import Any
 
 import yaml
 
+from tasks import tracking
+
 # the pipeline, in order; a flow runs a prefix of it and fails if dvc.yaml lacks one of them
 STAGES = ("prepare", "annotate", "label", "train", "encode", "evaluate")
 # stages that call remote services (an LLM endpoint) get retries; deterministic stages none
 STAGE_RETRIES = {"annotate": {"retries": 2, "retry_delay_seconds": 30}}
 
-PARENT_RUN_ENV = "ONEGEN_MLFLOW_PARENT_RUN_ID"
-TAGS_ENV = "ONEGEN_MLFLOW_TAGS"
 # environment variables whose values never reach a log, a params file or MLflow (plus the one named by
 # params `annotate.api_key_env`)
 SECRET_ENV_NAMES = ("OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
@@ -245,23 +245,6 @@ def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger |
     return changes
 
 
-def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
-    """`-S KEY=VALUE` items, VALUE read as YAML ('2' -> 2, '[a, b]' -> list, '1e-3' -> 0.001)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"override {item!r} must be KEY=VALUE")
-        k, v = item.split("=", 1)
-        value = yaml.safe_load(v) if v.strip() else ""
-        if isinstance(value, str):
-            try:
-                value = float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()) else value
-            except ValueError:
-                pass
-        out[k.strip()] = value
-    return out
-
-
 # ---------------------------------------------------------------- running DVC
 
 def stage_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -275,15 +258,6 @@ def stage_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
-    return env
-
-
-def mlflow_env(parent_run_id: str | None, tags: dict[str, Any] | None) -> dict[str, str]:
-    env = {}
-    if parent_run_id:
-        env[PARENT_RUN_ENV] = parent_run_id
-    if tags:
-        env[TAGS_ENV] = json.dumps({k: str(v) for k, v in tags.items()}, sort_keys=True)
     return env
 
 
@@ -425,50 +399,14 @@ def git_head(root: Path) -> str:
 
 # ---------------------------------------------------------------- MLflow
 
-def tracking_uri(root: Path, uri: str) -> str:
-    """params `mlflow.tracking_uri` with a relative sqlite path (or a bare path) resolved against the
-    project directory, as the train stage resolves it against its working directory."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:
-        return "sqlite:///" + str((root / uri).resolve())
-    return uri
-
-
-def artifact_location(root: Path, loc: str) -> str | None:
-    """params `mlflow.artifact_location`: a URI as is, a path resolved against the project, '' = the
-    tracking server's default."""
-    if not loc:
-        return None
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", loc):
-        return loc
-    return (root / loc).resolve().as_uri()
-
-
-def ensure_experiment(client, name: str, loc: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.create_experiment(name, artifact_location=loc)
-    except MlflowException:  # created meanwhile by a stage
-        return client.get_experiment_by_name(name).experiment_id
-
-
 def open_run(root: Path, p, run_name: str, tags: dict[str, str], params: dict[str, Any]):
     """A new MLflow run in the params' experiment; returns (client, tracking uri, experiment id, run id)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
-    uri = tracking_uri(root, p.mlflow.tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = ensure_experiment(client, p.mlflow.experiment, artifact_location(root, p.mlflow.artifact_location))
+    uri = tracking.tracking_uri(p.mlflow.tracking_uri, root)
+    client = tracking.client_for(uri)
+    exp_id = tracking.ensure_experiment(client, p.mlflow.experiment,
+                                        tracking.artifact_location(p.mlflow.artifact_location, root))
     run = client.create_run(exp_id, run_name=run_name, tags={k: str(v)[:5000] for k, v in tags.items()})
-    items = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:6000]) for k, v in params.items()]
-    if items:
-        client.log_batch(run.info.run_id, params=items)
+    tracking.log_params(client, run.info.run_id, params)
     return client, uri, exp_id, run.info.run_id
 
 
@@ -522,18 +460,3 @@ def headline_metrics(root: Path, p) -> dict[str, float]:
             out[f"evaluate/{k}"] = v
     return {metric_key(k): v for k, v in out.items()}
 
-
-def log_metrics(client, run_id: str, metrics: dict[str, float]) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(k, v, now, 0) for k, v in metrics.items()]
-    for i in range(0, len(items), 500):
-        client.log_batch(run_id, metrics=items[i:i + 500])
-
-
-def run_location(uri: str, exp_id: str, run_id: str) -> str:
-    """Where to look at a run: the server URL, or how to open the UI over a local store."""
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
-    return (f"run {run_id} in {uri}; `onegen ui` then http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id}")

@@ -19,10 +19,24 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (STAGE_RETRIES, STAGES, FlowError, git_head, headline_metrics, load_project_params,
-                          log_metrics, merged_overrides, mlflow_env, open_run, project_root, read_json,
-                          refuse_secrets, run_dvc_stage, run_location, secret_values, stage_chain,
-                          write_overrides)
+from flows.common import (
+    STAGE_RETRIES,
+    STAGES,
+    FlowError,
+    git_head,
+    headline_metrics,
+    load_project_params,
+    merged_overrides,
+    open_run,
+    project_root,
+    read_json,
+    refuse_secrets,
+    run_dvc_stage,
+    secret_values,
+    stage_chain,
+    write_overrides,
+)
+from tasks import tracking
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE)
@@ -30,7 +44,7 @@ def dvc_stage(stage: str, project_dir: str, parent_run_id: str, tags: dict[str, 
     """One pipeline stage through DVC: 'skipped' when up to date, else `dvc repro <stage>` -> 'ran'."""
     from pathlib import Path
 
-    return run_dvc_stage(Path(project_dir), stage, get_run_logger(), mlflow_env(parent_run_id, tags))
+    return run_dvc_stage(Path(project_dir), stage, get_run_logger(), tracking.caller_env(parent_run_id, tags))
 
 
 def stage_task(stage: str):
@@ -88,7 +102,7 @@ def full_repro(profile: str | None = None, overrides: dict[str, Any] | None = No
         if train.get("mlflow_run_id"):
             client.set_tag(parent, "onegen.train_run_id", train["mlflow_run_id"])
         metrics = headline_metrics(root, p)
-        log_metrics(client, parent, metrics)
+        tracking.log_metrics(client, parent, metrics)
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
@@ -98,7 +112,7 @@ def full_repro(profile: str | None = None, overrides: dict[str, Any] | None = No
     log.info("stages ran: %s; skipped (unchanged): %s", ", ".join(ran) or "none", ", ".join(skipped) or "none")
     for k in sorted(metrics):
         log.info("  %s = %.4g", k, metrics[k])
-    where = run_location(uri, exp_id, parent)
+    where = tracking.run_location(uri, exp_id, parent)
     log.info("MLflow: %s", where)
     return {"stages": statuses, "mlflow": {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
                                            "train_run_id": train.get("mlflow_run_id", ""), "where": where},

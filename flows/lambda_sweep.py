@@ -29,9 +29,26 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (STAGES, FlowError, dvc_cmd, git_head, load_project_params, merged_overrides, mlflow_env,
-                          numeric_leaves, open_run, project_root, read_json, redact, refuse_secrets,
-                          run_location, secret_values, stage_chain, stage_env, stream_command, write_overrides)
+from flows.common import (
+    STAGES,
+    FlowError,
+    dvc_cmd,
+    git_head,
+    load_project_params,
+    merged_overrides,
+    numeric_leaves,
+    open_run,
+    project_root,
+    read_json,
+    redact,
+    refuse_secrets,
+    secret_values,
+    stage_chain,
+    stage_env,
+    stream_command,
+    write_overrides,
+)
+from tasks import tracking
 
 # plotted when present, in this order (higher is better unless the name says loss)
 DEFAULT_PLOT_METRICS = (
@@ -58,12 +75,10 @@ def collect_point(root: Path, p, lam: float) -> dict[str, Any]:
     run_id = train.get("mlflow_run_id", "")
     row["mlflow_run_id"] = run_id
     if run_id:
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from flows.common import tracking_uri
 
-        client = MlflowClient(tracking_uri=tracking_uri(root, p.mlflow.tracking_uri))
+        client = tracking.client_for(tracking.tracking_uri(p.mlflow.tracking_uri, root))
         try:
             row.update(client.get_run(run_id).data.metrics)
         except MlflowException:
@@ -88,7 +103,7 @@ def sweep_point(project_dir: str, until: str, lam: float, common: dict[str, Any]
     secrets = secret_values(root)
     log.info("λr=%g: %s (params: %s)", lam, " ".join(cmd[2:]), redact(json.dumps(sets), secrets))
     t0 = time.perf_counter()
-    rc, last = stream_command(cmd, root, stage_env(root, mlflow_env(parent_run_id, tags)), log, secrets)
+    rc, last = stream_command(cmd, root, stage_env(root, tracking.caller_env(parent_run_id, tags)), log, secrets)
     if rc != 0:
         raise FlowError(f"`dvc exp run` for λr={lam:g} failed (exit {rc}); last lines:\n" + "\n".join(last[-15:]))
     p = load_project_params(root)
@@ -96,11 +111,9 @@ def sweep_point(project_dir: str, until: str, lam: float, common: dict[str, Any]
            "seconds_point": round(time.perf_counter() - t0, 1), **collect_point(root, p, lam)}
     if row.get("mlflow_run_id"):
         # the training run may have been reused (same settings seen before): tag it for this sweep anyway
-        from mlflow import MlflowClient
 
-        from flows.common import tracking_uri
 
-        client = MlflowClient(tracking_uri=tracking_uri(root, p.mlflow.tracking_uri))
+        client = tracking.client_for(tracking.tracking_uri(p.mlflow.tracking_uri, root))
         for k, v in tags.items():
             client.set_tag(row["mlflow_run_id"], k, str(v))
         if "mlflow.parentRunId" not in client.get_run(row["mlflow_run_id"]).data.tags:
@@ -255,7 +268,7 @@ def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefec
     client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     log.info("comparison table:\n%s", (out / "sweep.md").read_text())
     log.info("artifacts: sweep/sweep.csv, sweep/sweep.md%s on %s (also in %s)",
-             ", sweep/" + plot if plot else " (no metric to plot)", run_location(uri, exp_id, parent), out)
+             ", sweep/" + plot if plot else " (no metric to plot)", tracking.run_location(uri, exp_id, parent), out)
     if failed:
         raise FlowError(f"sweep {sweep_id}: λr {failed} failed (see the table and the logs above)")
     return {"sweep_id": sweep_id, "rows": rows, "best": best,

@@ -26,6 +26,25 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
 _YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\Z")
 
 
+def yaml11_float(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads `1e-05` — what `dvc exp run -S train.lr=1e-5` writes, and what users type
+    after `-S` — as a string; such a string becomes the float it means. Anything else is returned as is."""
+    if isinstance(value, str) and _YAML11_EXPONENT.match(value.strip()):
+        return float(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`-S KEY=VALUE` items, VALUE read as YAML ('2' -> 2, '[a, b]' -> list, '1e-3' -> 0.001, '' -> '')."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must be KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml11_float(yaml.safe_load(v)) if v.strip() else ""
+    return out
+
+
 class ConfigError(ValueError):
     pass
 
@@ -173,18 +192,6 @@ class MlflowConfig:
 
 
 @dataclass
-class CoreRunConfig:
-    """Data of the single-process core run (`onegen train-core`), until the data stages exist."""
-
-    hotpotqa_train: list[str] = _f(["../shared/data/hotpotqa/train_sample.json"], "HotpotQA files trained on")
-    hotpotqa_dev: str = _f("../shared/data/hotpotqa/dev_distractor_sample.json", "HotpotQA dev file, split in two")
-    dev_train_count: int = _f(100, "the first N dev questions are trained on; the rest are held out")
-    train_file: str = _f("", "training JSONL from the label stage; empty = reconstruct from the HotpotQA files directly")
-    tasks: list[str] = _f(["multihop"], "which tasks of train_file to train on (multihop, entity_linking, selfrag)")
-    metrics_path: str = _f("metrics/core_train.json", "where the run's figures are written")
-
-
-@dataclass
 class PrepareConfig:
     hotpotqa_train: list[str] = _f([], "HotpotQA files whose questions are all training questions")
     hotpotqa_dev: str = _f("", "HotpotQA dev file: the first `dev_train_count` questions train, the rest are held out")
@@ -228,6 +235,9 @@ class LabelConfig:
     el_hard_negatives: int = _f(4, "entity linking: same-name candidate entities per mention")
     el_random_negatives: int = _f(4, "entity linking: random entities per mention")
     el_max_chars: int = _f(1500, "entity linking: articles are cut into windows of at most this many characters")
+    selfrag: list[str] = _f([], "Self-RAG training files (selfrag_train_data format: instruction, input, output with reflection tokens); the label stage emits their records as task 'selfrag'")
+    selfrag_negative_window: list[float] = _f([0.9975, 1.0], "Self-RAG hard negatives of a passage: the passages of those files that MiniLM ranks in this window, as fractions of the ranked corpus (App. F: ranks 5985-6000 of ~6000)")
+    selfrag_max_negatives: int = _f(16, "Self-RAG: at most this many hard negatives per passage")
     val_fraction: float = _f(0.1, "training examples held apart to validate during training")
     seed: int = _f(0, "seed of negative sampling and the validation split")
     out_dir: str = _f("data/label", "training JSONL (the documented format) and report")
@@ -295,12 +305,16 @@ class Params:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    core_run: CoreRunConfig = field(default_factory=CoreRunConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        if "selfrag" in self.train_data.tasks and not self.label.selfrag:
+            raise ConfigError("train_data.tasks includes 'selfrag' but label.selfrag names no Self-RAG training "
+                              "file: the label stage emits Self-RAG examples only from those files")
 
 
 def _type_name(tp: Any) -> str:
@@ -336,9 +350,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
-        if isinstance(value, str) and _YAML11_EXPONENT.match(value):
-            # PyYAML (YAML 1.1) reads `1e-05` — what `dvc exp run -S train.lr=1e-5` writes — as a string
-            return float(value)
+        value = yaml11_float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)

@@ -12,9 +12,11 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from onegen_core.annotation import AnnotationCache, annotate, cache_key, heuristic_decomposition
 from onegen_core.config import AnnotateConfig
 from onegen_core.data import load_hotpotqa
+from onegen_core.prepare.decomposition import heuristic_decomposition
+from tasks.annotation_cache import AnnotationCache, cache_key
+from tasks.annotation_runner import annotate
 from tasks.annotators import make_backend
 from tasks.stage_common import stage_params, write_json, write_jsonl
 
@@ -52,7 +54,7 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
         with AnnotationCache(out / "cache.jsonl") as cache:
             runner = None
             if cfg.executor == "ray":
-                from tasks.annotate_ray import ray_runner
+                from tasks.annotation_runner import ray_runner
 
                 runner = ray_runner(cfg.ray_address)
             rep = annotate(records, backend, cache, cfg.max_attempts, max_concurrency=cfg.max_concurrency,

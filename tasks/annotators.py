@@ -1,10 +1,10 @@
-"""Concrete backends for the decomposition annotation (``onegen_core.annotation``).
+"""Concrete backends for the decomposition annotation (``onegen_core.prepare.decomposition``).
 
 - :class:`OpenAIChatBackend`: any OpenAI-compatible ``/chat/completions`` server (vLLM serving
   Qwen2-72B-Instruct, as in the paper, or a hosted API). Standard library HTTP only.
 - :class:`LocalHFBackend`: a local transformers checkpoint, greedy, for small runs without a server.
 - ``make_backend("heuristic")`` returns None: the heuristic needs no prompt, the caller uses
-  :func:`onegen_core.annotation.heuristic_decomposition` instead.
+  :func:`onegen_core.prepare.decomposition.heuristic_decomposition` instead.
 
 Why the care with the API key: it is read from the environment at each request and kept nowhere
 else (not on the object, not in reprs, logs, error messages or the cache), so nothing this code writes
@@ -21,13 +21,33 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from onegen_core.annotation import Backend, BackendError
-
-__all__ = ["LocalHFBackend", "OpenAIChatBackend", "make_backend"]
+__all__ = ["Backend", "BackendError", "LocalHFBackend", "OpenAIChatBackend", "make_backend"]
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Something that completes a prompt. ``name`` and ``model`` enter the cache key (see
+    :func:`cache_key`), so answers from different models are never mixed. It may set
+    ``max_concurrency`` (default 1): how many prompts :func:`tasks.annotation_runner.annotate` may have in flight at once."""
+
+    name: str
+    model: str
+
+    def complete(self, prompt: str) -> str: ...
+
+
+class BackendError(RuntimeError):
+    """A backend gave up on a prompt (timeouts, HTTP errors, after its own retries). :func:`tasks.annotation_runner.annotate`
+    records it per example and does not cache it, so the next run tries again. Messages must never
+    contain credentials."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class _Retryable(Exception):

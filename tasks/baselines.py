@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onegen_core.index import ExactIndex, Hit, UnitRecord
+from onegen_core.inference.index import ExactIndex, Hit, UnitRecord
 
 
 def minilm_path() -> Path:

@@ -11,12 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from onegen_core.backbone import checkpoint_id, load_pretrained
-from onegen_core.collator import OneGenCollator
 from onegen_core.config import EncodeConfig, LossConfig
-from onegen_core.corpus import documents_from_kb, documents_from_multihop, documents_from_passages, encode_documents
 from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
-from onegen_core.model import OneGenModel
+from onegen_core.inference.document_encoding import encode_documents
+from onegen_core.method.backbone import checkpoint_id, load_pretrained
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
 from tasks.lance_index import LanceIndex
 from tasks.stage_common import stage_params
 

@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from onegen_core.backbone import checkpoint_id, load_pretrained
 from onegen_core.config import Params, flatten
 from onegen_core.data import load_2wiki, load_elevant, load_hotpotqa
 from onegen_core.data.multihop import MultiHopRecord
-from onegen_core.eval_linking import (
+from onegen_core.evaluation.linking import (
     PredictedMention,
     disambiguate_windows,
     gold_by_article,
@@ -40,10 +39,11 @@ from onegen_core.eval_linking import (
     score_linking,
     windows_of,
 )
-from onegen_core.eval_multihop import aggregate, evaluate_multihop, gold_of, query_text_of
-from onegen_core.index import check_checkpoint
-from onegen_core.inference import EngineStats, RetrievalPolicy
-from tasks.stage_common import mlflow_env_tags, stage_params, write_json, write_jsonl
+from onegen_core.evaluation.multihop import aggregate, evaluate_multihop, gold_of, query_text_of
+from onegen_core.inference.generation import EngineStats, RetrievalPolicy
+from onegen_core.inference.index import check_checkpoint
+from onegen_core.method.backbone import checkpoint_id, load_pretrained
+from tasks.stage_common import stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.evaluate")
 MULTIHOP_METRICS = ("em", "f1", "recall_at_1_subquery", "recall_at_1_question", "unit_recall_at_1", "misses")
@@ -112,7 +112,7 @@ def multihop_systems(p: Params, lm, tok, units, unit_records, cache_dir: Path) -
 def minilm_index(minilm, records, cache_dir: Path):
     """MiniLM vectors of every unit (`title: text`), kept beside the partial results: encoding the
     corpus is the slowest part of the baselines and must not be paid again on resume."""
-    from onegen_core.index import ExactIndex
+    from onegen_core.inference.index import ExactIndex
 
     f = cache_dir / "minilm_units.npz"
     ids = np.array([r.id for r in records])
@@ -350,39 +350,35 @@ def log_to_mlflow(p: Params, result: dict, out: Path) -> dict[str, str]:
     """A nested `evaluate` run under the run that trained the checkpoint (found in its train_run.json),
     holding every metric and the report; the headline metrics also go on the training run itself so
     the MLflow UI compares training runs by them. Without a training run, a standalone run."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
 
-    from tasks.train import resolve_tracking_uri
+    from tasks import tracking
 
     meta_file = Path(p.evaluate.checkpoint) / "train_run.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    uri = meta.get("mlflow_tracking_uri") or resolve_tracking_uri(p.mlflow.tracking_uri)
-    client = MlflowClient(uri)
+    uri = meta.get("mlflow_tracking_uri") or tracking.tracking_uri(p.mlflow.tracking_uri)
+    client = tracking.client_for(uri)
     parent = meta.get("mlflow_run_id")
     try:
         exp_id = client.get_run(parent).info.experiment_id if parent else None
-    except Exception:  # the run was deleted or the store moved: evaluate standalone
+    except MlflowException:  # the run was deleted or the store moved: evaluate standalone
         log.warning("training run %s not found in %s; logging a standalone evaluate run", parent, uri)
         parent, exp_id = None, None
     if exp_id is None:
-        exp = client.get_experiment_by_name(p.mlflow.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(p.mlflow.experiment)
+        exp_id = tracking.ensure_experiment(client, p.mlflow.experiment,
+                                            tracking.artifact_location(p.mlflow.artifact_location))
     tags = {"onegen.stage": "evaluate", "onegen.checkpoint_id": result["checkpoint_id"]}
-    tags.update(mlflow_env_tags())
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp_id, run_name="evaluate", tags=tags)
-    rid = run.info.run_id
-    now = int(time.time() * 1000)
+    rid = tracking.new_run(client, exp_id, "evaluate", tags,
+                           {f"evaluate.{k}": str(v)[:500] for k, v in flatten(p.evaluate).items()})
     metrics = flat_metrics(result)
-    params = [Param(f"evaluate.{k}", str(v)[:500]) for k, v in flatten(p.evaluate).items()]
-    client.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], params=params)
+    tracking.log_metrics(client, rid, metrics)
     client.log_artifacts(rid, str(out), "evaluate")
     client.log_artifact(rid, p.evaluate.metrics_path)
-    client.set_terminated(rid, "FINISHED")
+    tracking.finish_run(client, rid)
     if parent:
-        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        tracking.log_metrics(client, parent, metrics)
     log.info("MLflow: evaluate run %s (parent %s) at %s", rid, parent or "-", uri)
     return {"run_id": rid, "parent_run_id": parent or "", "tracking_uri": uri}
 

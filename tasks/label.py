@@ -9,11 +9,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from onegen_core.annotation import Decomposition, to_hops
 from onegen_core.config import Params
 from onegen_core.data import load_elevant, load_hotpotqa, load_kb
-from onegen_core.labelling import EntityNegatives, cap_multihop_labels, entity_linking_examples
-from onegen_core.reconstruct import reconstruct_multihop
+from onegen_core.prepare.decomposition import Decomposition, to_hops
+from onegen_core.prepare.labelling import EntityNegatives, cap_multihop_labels, entity_linking_examples
+from onegen_core.prepare.multihop import reconstruct_multihop
 from tasks.stage_common import stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.label")
@@ -52,8 +52,9 @@ def run(p: Params) -> dict:
             for a in articles:
                 el += entity_linking_examples(a, kb, negatives, cfg.el_max_chars, cfg.seed, stats)
     stats["el_examples"] = len(el)
+    selfrag = selfrag_examples(p, stats)
 
-    everything = examples + el
+    everything = examples + el + selfrag
     rng = random.Random(cfg.seed)
     order = list(range(len(everything)))
     rng.shuffle(order)
@@ -65,6 +66,57 @@ def run(p: Params) -> dict:
     write_json(out / "report.json", report)
     log.info("labelled: %s", report)
     return report
+
+
+def selfrag_examples(p: Params, stats: Counter) -> list:
+    """Self-RAG records of `label.selfrag` as OneGen examples (task 'selfrag'): each relevant passage is
+    the positive of the [RQ] before it; its hard negatives are the passages of the same files that
+    MiniLM ranks in `label.selfrag_negative_window` (App. F). Malformed records are skipped, counted
+    and listed, under `prepare.max_skip_rate`."""
+    cfg = p.label
+    if not cfg.selfrag:
+        return []
+    from onegen_core.data import load_selfrag_with_report
+    from onegen_core.prepare.labelling import rank_window_negatives
+    from onegen_core.prepare.selfrag import passage_id, reconstruct_selfrag
+
+    records = []
+    for path in cfg.selfrag:
+        recs, errors = load_selfrag_with_report(path)
+        n_in = len(recs) + len(errors)
+        stats[f"selfrag_skipped: {path}"] += len(errors)
+        if n_in and len(errors) / n_in > p.prepare.max_skip_rate:
+            raise ValueError(f"{path}: {len(errors)}/{n_in} Self-RAG records skipped (> prepare.max_skip_rate "
+                             f"{p.prepare.max_skip_rate:.0%}); first: {errors[0]}")
+        for e in errors[:20]:
+            log.warning("skipped: %s", e)
+        records += recs
+    passages = list(dict.fromkeys(par.text for r in records for par in r.paragraphs()))
+    negatives_of: dict[str, list[str]] = {}
+    if len(passages) > 1:
+        from tasks.baselines import MiniLMEncoder
+
+        lo_f, hi_f = cfg.selfrag_negative_window
+        n = len(passages) - 1  # ranked without the passage itself
+        lo, hi = min(int(lo_f * n), n - 1), max(int(lo_f * n) + 1, min(n, round(hi_f * n)))
+        ranked = rank_window_negatives(passages, passages, MiniLMEncoder().encode, (min(lo, n - 1), min(hi, n)))
+        negatives_of = {text: [passages[k] for k in ks][: cfg.selfrag_max_negatives] for text, ks in zip(passages, ranked)}
+    texts = {passage_id(t): t for t in passages}
+    out, seen = [], Counter()
+    for r in records:
+        pars = r.paragraphs()
+        negs = {k: [passage_id(t) for t in negatives_of.get(par.text, [])] for k, par in enumerate(pars)}
+        ex = reconstruct_selfrag(r, negs, texts)
+        seen[ex.id] += 1
+        if seen[ex.id] > 1:  # the published file merges sources whose ids repeat: keep both, apart
+            from dataclasses import replace
+
+            ex = replace(ex, id=f"{ex.id}~{seen[ex.id]}")
+        out.append(ex)
+    stats["selfrag_examples"] = len(out)
+    stats["selfrag_queries"] = sum(len(e.queries) for e in out)
+    stats["selfrag_queries_without_positive"] = sum(1 for e in out for q in e.queries if not q.positives)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The LanceDB adapter of `onegen_core.index.VectorIndex`.
+"""The LanceDB adapter of `onegen_core.inference.index.VectorIndex`.
 
 One table per encoded corpus: id, doc_id, title, text, doc_text, vector and the checkpoint that encoded
 it (a column, and the table's schema metadata so opening the table tells the checkpoint without a
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import IvfPq
 
-from onegen_core.index import Hit, IndexMismatchError, UnitRecord
+from onegen_core.inference.index import Hit, IndexMismatchError, UnitRecord
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = b"onegen.checkpoint_id"

@@ -20,7 +20,7 @@ from onegen_core.data import (
 )
 from onegen_core.data.elevant import benchmark_name
 from onegen_core.data.multihop import record_to_dict
-from onegen_core.entity_kb import build_kb
+from onegen_core.prepare.entity_kb import build_kb
 from tasks.stage_common import stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.prepare")

@@ -10,19 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from onegen_core.config import Params, load_params
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"override {item!r} must be KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+from onegen_core.config import Params, load_params, parse_overrides
 
 
 def stage_params(doc: str, argv: list[str] | None = None) -> Params:
@@ -33,20 +21,6 @@ def stage_params(doc: str, argv: list[str] | None = None) -> Params:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return load_params(args.params, parse_overrides(args.set))
-
-
-def mlflow_env_tags() -> dict[str, str]:
-    """Extra MLflow tags a caller (the Prefect flows) passes in ONEGEN_MLFLOW_TAGS, a JSON object."""
-    raw = os.environ.get("ONEGEN_MLFLOW_TAGS", "").strip()
-    if not raw:
-        return {}
-    try:
-        tags = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"ONEGEN_MLFLOW_TAGS must be a JSON object of tags: {e}") from None
-    if not isinstance(tags, dict):
-        raise ValueError("ONEGEN_MLFLOW_TAGS must be a JSON object of tags")
-    return {str(k): str(v) for k, v in tags.items()}
 
 
 def write_json(path: str | Path, obj: Any) -> None:

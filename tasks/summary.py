@@ -19,12 +19,6 @@ def main(paths: list[str] | None = None) -> None:
         print(f"  MLflow: run {r['mlflow_run_id']} in experiment '{r['mlflow_experiment']}' at {r['mlflow_tracking_uri']}"
               f" (model version {r.get('model_version') or '-'}); browse with `mlflow ui --backend-store-uri "
               f"{r['mlflow_tracking_uri']}`")
-    core = metrics / "core_train.json"
-    if core.is_file():
-        r = json.loads(core.read_text())
-        b, a = r["held_out_before"], r["held_out_after"]
-        print(f"train-core (single process, `onegen train-core`): held-out HotpotQA Recall@1 "
-              f"{b['recall_at_1']:.3f} -> {a['recall_at_1']:.3f}")
     enc = metrics / "encode.json"
     if enc.is_file():
         e = json.loads(enc.read_text())

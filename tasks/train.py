@@ -2,7 +2,7 @@
 tracked in MLflow.
 
 The driver (this module) prepares what every worker starts from, opens the MLflow run, starts (or
-joins) Ray, runs a `TorchTrainer` whose workers run `tasks.train_worker.worker_loop`, and finally
+joins) Ray, runs a `TorchTrainer` whose workers run `tasks.ray_worker.worker_loop`, and finally
 copies the last checkpoint's Hugging Face weights to `train.output_dir`, logs them to the run and
 registers them as a model version.
 
@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -43,21 +42,22 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# The core modules a training step runs (dvc.yaml's `train` deps list the same). config.py is left out:
-# the resolved params are fingerprinted themselves, and adding a section for another stage must not
-# invalidate a finished training run. Inference/evaluation modules are not training code.
-TRAINING_CODE = ("onegen_core/__init__.py", "onegen_core/backbone.py", "onegen_core/collator.py",
-                 "onegen_core/encoding.py", "onegen_core/evaluation.py", "onegen_core/lora.py", "onegen_core/losses.py",
-                 "onegen_core/model.py", "onegen_core/pairs.py", "onegen_core/retrieval_eval.py",
-                 "onegen_core/schedule.py", "onegen_core/segments.py", "onegen_core/tokens.py",
-                 "onegen_core/train_loop.py", "onegen_core/reconstruct", "onegen_core/data", "tasks/train_worker.py")
+def training_code(root: Path | None = None) -> list[str]:
+    """The code a training run depends on: the `onegen_core/` and `tasks/` entries of the `train` stage's
+    deps in dvc.yaml (declared there once; DVC re-runs the stage and this digest changes together)."""
+    import yaml
+
+    root = root or Path(__file__).resolve().parents[1]
+    deps = (yaml.safe_load((root / "dvc.yaml").read_text()) or {})["stages"]["train"]["deps"]
+    return [d for d in deps if isinstance(d, str) and d.startswith(("onegen_core", "tasks"))]
 
 
 def code_digest() -> str:
-    """Digest of the code a training step runs (TRAINING_CODE): a finished run is reused only by the
-    same code, while a resume after a crash or Ctrl-C still finds its run."""
+    """Digest of the code a training step runs: a finished run is reused only by the same code, while
+    a resume after a crash or Ctrl-C still finds its run."""
     root = Path(__file__).resolve().parents[1]
-    files = [f for entry in TRAINING_CODE for f in ((root / entry).rglob("*.py") if (root / entry).is_dir() else [root / entry])]
+    files = [f for entry in training_code(root)
+             for f in ((root / entry).rglob("*.py") if (root / entry).is_dir() else [root / entry])]
     h = hashlib.sha256()
     for f in sorted(files):
         h.update(f.relative_to(root).as_posix().encode())
@@ -87,12 +87,11 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     """The checkpoint every worker loads. Tiny backbone: build it once here (BPE trained on the
     training texts, weights seeded) and save it, so all ranks and every resume start identical.
     Pretrained backbone: its own name/path (each rank adds the OneGen tokens the same way)."""
-    from onegen_core.backbone import build_backbone, read_meta, resolve_backbone_name, save_checkpoint
+    from onegen_core.method.backbone import build_backbone, read_meta, resolve_backbone_name, save_checkpoint
 
     if not p.backbone.is_tiny():
         return resolve_backbone_name(p.backbone.name)
-    from tasks.train_core import corpus_texts
-    from tasks.train_data import load_examples
+    from onegen_core.training.dataset import load_examples, tokenizer_texts
 
     out = Path(p.train_data.init_dir)
     init_key = initial_backbone_key(p)
@@ -100,7 +99,7 @@ def prepare_init(p: Params, fingerprint: str) -> str:
         log.info("initial backbone %s is current (%s)", out, init_key)
         return str(out.resolve())
     examples = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.max_examples_per_task)
-    lm, tokenizer, _, meta = build_backbone(p.backbone, corpus_texts(examples, p.tokenizer.corpus),
+    lm, tokenizer, _, meta = build_backbone(p.backbone, tokenizer_texts(examples, p.tokenizer.corpus),
                                             p.tokenizer.vocab_size, p.tokenizer.min_frequency, p.train.seed)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -111,96 +110,28 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     return str(out.resolve())
 
 
-def resolve_tracking_uri(uri: str) -> str:
-    """sqlite URIs with a relative path resolve against the current directory (Ray workers run
-    elsewhere); a bare path becomes a sqlite store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:
-        return "sqlite:///" + str(Path(uri).resolve())
-    return uri
+def open_mlflow_run(p: Params, uri: str, run_name: str, run_dir: Path) -> str:
+    """The run's MLflow run id: the one recorded for this Ray run (a resume continues it) or a new run
+    with every resolved param, the git commit and the DVC data hashes."""
+    from tasks import tracking
 
-
-def git_state() -> dict[str, str]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git.commit": "unknown"}
-
-
-def dvc_hashes(lock: str | Path = "dvc.lock") -> dict[str, str]:
-    """md5 of every output DVC recorded for the upstream stages: the data lineage of this run."""
-    import yaml
-
-    path = Path(lock)
-    if not path.is_file():
-        return {}
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
-    out = {}
-    for name in ("prepare", "annotate", "label"):
-        for o in stages.get(name, {}).get("outs", []) or []:
-            if "md5" in o:
-                out[f"dvc.{o['path']}"] = o["md5"]
-    return out
-
-
-def open_mlflow_run(p: Params, tracking_uri: str, run_name: str, run_dir: Path) -> str:
-    """The run's MLflow run id: the one recorded for this Ray run (a resume continues it) or a new
-    run with every resolved param, the git commit and the DVC data hashes.
-
-    A caller (the Prefect flows) may pass ONEGEN_MLFLOW_PARENT_RUN_ID, which nests the run under that run
-    (tag `mlflow.parentRunId`; a continued run moves under the caller that continues it), and
-    ONEGEN_MLFLOW_TAGS, a JSON object of extra tags (set on new and continued runs)."""
-    import re
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    from tasks.stage_common import mlflow_env_tags
-
-    extra = mlflow_env_tags()
-    parent = os.environ.get("ONEGEN_MLFLOW_PARENT_RUN_ID", "").strip()
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(p.mlflow.experiment)
-    if exp is None:
-        # a URI (s3://, mlflow-artifacts:/, file:) as is, a path resolved here, '' = the server's default
-        loc = p.mlflow.artifact_location or None
-        if loc and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", loc):
-            loc = Path(loc).resolve().as_uri()
-        exp_id = client.create_experiment(p.mlflow.experiment, artifact_location=loc)
-    else:
-        exp_id = exp.experiment_id
+    client = tracking.client_for(uri)
+    exp_id = tracking.ensure_experiment(client, p.mlflow.experiment, tracking.artifact_location(p.mlflow.artifact_location))
     id_file = run_dir / "mlflow_run_id"
     if id_file.is_file():
         run_id = id_file.read_text().strip()
-        try:
-            prev = client.get_run(run_id)
-            client.update_run(run_id, status="RUNNING")
-            for k, v in extra.items():
-                client.set_tag(run_id, k, v)
-            if parent and prev.data.tags.get("mlflow.parentRunId") != parent:
-                client.set_tag(run_id, "mlflow.parentRunId", parent)  # the caller now running it
+        if tracking.continue_run(client, run_id):
             log.info("continuing MLflow run %s", run_id)
             return run_id
-        except mlflow.exceptions.MlflowException:
-            log.warning("MLflow run %s of %s is gone; opening a new one", run_id, run_name)
-    tags = {"onegen.ray_run": run_name, "host": socket.gethostname(), **git_state(), **dvc_hashes(),
+        log.warning("MLflow run %s of %s is gone; opening a new one", run_id, run_name)
+    tags = {"onegen.ray_run": run_name, "host": socket.gethostname(), **tracking.git_state(), **tracking.dvc_hashes(),
             "data.train_file.sha256": file_digest(p.train_data.train_file),
-            "data.val_file.sha256": file_digest(p.train_data.val_file), **extra}
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    from mlflow.entities import Param
-
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(p).items() if not k.startswith(VOLATILE_KEYS)]
-    for i in range(0, len(params), 100):  # the store takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=params[i:i + 100])
+            "data.val_file.sha256": file_digest(p.train_data.val_file)}
+    params = {k: str(v) for k, v in flatten(p).items() if not k.startswith(VOLATILE_KEYS)}
+    run_id = tracking.new_run(client, exp_id, run_name, tags, params)
     run_dir.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run.info.run_id)
-    return run.info.run_id
+    id_file.write_text(run_id)
+    return run_id
 
 
 def start_ray(p: Params) -> bool:
@@ -230,7 +161,7 @@ def fit(p: Params, config: dict[str, Any], run_name: str, storage: Path):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tasks.train_worker import worker_loop
+    from tasks.ray_worker import worker_loop
 
     d = p.distributed
     resources = {"CPU": d.cpus_per_worker, **({"GPU": d.gpus_per_worker} if d.use_gpu else {})}
@@ -261,7 +192,7 @@ def read_history(path: Path) -> list[dict]:
 
 def run(p: Params) -> dict[str, Any]:
     t_start = time.perf_counter()
-    from tasks.ds_config import resolved_ds_config, validate
+    from tasks.deepspeed_config import resolved_ds_config, validate
 
     fingerprint = run_fingerprint(p)
     resume = p.distributed.resume_from
@@ -281,13 +212,15 @@ def run(p: Params) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     init_dir = prepare_init(p, fingerprint)
-    from onegen_core.backbone import load_config
+    from onegen_core.method.backbone import load_config
 
     hidden = load_config(init_dir).hidden_size
     ds_config = resolved_ds_config(p, p.distributed.num_workers, hidden)
     validate(ds_config, p.distributed.num_workers)
 
-    tracking_uri = resolve_tracking_uri(p.mlflow.tracking_uri)
+    from tasks import tracking
+
+    tracking_uri = tracking.tracking_uri(p.mlflow.tracking_uri)
     run_id = open_mlflow_run(p, tracking_uri, run_name, run_dir)
     # rank 0's step log beside the run's checkpoints (a remote storage_path keeps it under runs/)
     history = run_dir / "history.jsonl"
@@ -314,7 +247,7 @@ def run(p: Params) -> dict[str, Any]:
 
             ray.shutdown()
     if result.error:
-        _finish_mlflow(tracking_uri, run_id, "FAILED")
+        tracking.finish_run(tracking.client_for(tracking_uri), run_id, "FAILED")
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
@@ -324,7 +257,7 @@ def run(p: Params) -> dict[str, Any]:
     summary = summarise(rows, p, run_name, run_id, tracking_uri, str(out), result.checkpoint.path)
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     summary["model_version"] = log_final_model(p, tracking_uri, run_id, out)
-    _finish_mlflow(tracking_uri, run_id, "FINISHED")
+    tracking.finish_run(tracking.client_for(tracking_uri), run_id, "FINISHED")
     from tasks.stage_common import write_json
 
     write_json(p.train_data.metrics_path, summary)
@@ -348,30 +281,15 @@ def log_final_model(p: Params, tracking_uri: str, run_id: str, ckpt: Path) -> st
     """Log the checkpoint as run artifacts and register it as a model version; returns the version."""
     if not p.mlflow.log_checkpoint:
         return ""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from onegen_core.method.backbone import checkpoint_id
+    from tasks import tracking
 
-    from onegen_core.backbone import checkpoint_id
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking.client_for(tracking_uri)
     client.log_artifacts(run_id, str(ckpt), artifact_path="checkpoint")
     if not p.mlflow.registered_model:
         return ""
-    try:
-        client.create_registered_model(p.mlflow.registered_model)
-    except MlflowException:
-        pass  # already registered: add a version
-    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
-    mv = client.create_model_version(p.mlflow.registered_model, source=source, run_id=run_id,
-                                     tags={"checkpoint_id": checkpoint_id(ckpt)})
-    log.info("registered %s version %s (%s)", p.mlflow.registered_model, mv.version, source)
-    return str(mv.version)
-
-
-def _finish_mlflow(tracking_uri: str, run_id: str, status: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status=status)
+    return tracking.register_model(client, p.mlflow.registered_model, run_id, "checkpoint",
+                                   {"checkpoint_id": checkpoint_id(ckpt)})
 
 
 def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_uri: str, out: str,

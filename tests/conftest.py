@@ -29,7 +29,7 @@ def shared_data() -> Path:
 def char_tokenizer():
     """Byte-level BPE with no merges: every ASCII character is one token, special tokens are atomic,
     so `len(text)` tokens per plain-ASCII text."""
-    from onegen_core.backbone import train_bpe_tokenizer
+    from onegen_core.method.backbone import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["abc"], vocab_size=258, min_frequency=1)
     assert tok("hello")["input_ids"].__len__() == 5
@@ -38,8 +38,8 @@ def char_tokenizer():
 
 @pytest.fixture()
 def tiny_lm(char_tokenizer):
-    from onegen_core.backbone import build_tiny_backbone
     from onegen_core.config import TinyBackboneConfig
+    from onegen_core.method.backbone import build_tiny_backbone
 
     cfg = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                              max_position_embeddings=512)

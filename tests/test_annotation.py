@@ -1,4 +1,4 @@
-"""onegen_core.annotation: prompt, strict parser, heuristic, JSONL cache and the resumable run loop.
+"""onegen_core.prepare.decomposition: prompt, strict parser, heuristic, JSONL cache and the resumable run loop.
 
 Backends here are in-process fakes; the real HTTP backend is exercised in test_annotators_http.py.
 """
@@ -11,24 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from onegen_core.annotation import (
+from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
+from onegen_core.prepare.decomposition import (
     REJECTION_REASONS,
-    AnnotationCache,
     AnnotationRejected,
-    AnnotationResult,
-    BackendError,
     Decomposition,
     Step,
-    annotate,
     build_prompt,
-    cache_key,
     heuristic_decomposition,
     parse_decomposition,
     prompt_documents,
     prompt_hash,
     to_hops,
 )
-from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
+from tasks.annotation_cache import AnnotationCache, AnnotationResult, cache_key
+from tasks.annotation_runner import annotate
+from tasks.annotators import BackendError
 
 
 def make_record(record_id: str = "q1", first_title: str = "Alpha") -> MultiHopRecord:
@@ -194,7 +192,7 @@ def hotpot_records(shared_data):
 
 
 def test_heuristic_on_real_samples(hotpot_records):
-    from onegen_core.reconstruct.multihop import hops_from_supporting_facts
+    from onegen_core.prepare.multihop import hops_from_supporting_facts
 
     assert len(hotpot_records) == 100
     for record in hotpot_records:
@@ -428,10 +426,10 @@ def test_annotate_validates_its_bounds(tmp_path):
             annotate(records(1), ScriptedBackend(None), cache, max_attempts=1, max_concurrency=0)
 
 
-def test_annotation_module_imports_only_the_standard_library():
-    from test_core_purity import imported_top_levels
-
+def test_decomposition_module_imports_only_the_standard_library():
     import sys
 
-    names = imported_top_levels(Path(__file__).resolve().parents[1] / "onegen_core" / "annotation.py")
+    from test_core_purity import imported_top_levels
+
+    names = imported_top_levels(Path(__file__).resolve().parents[1] / "onegen_core" / "prepare" / "decomposition.py")
     assert {n for n in names if n not in sys.stdlib_module_names} == {"onegen_core"}

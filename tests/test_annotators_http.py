@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from onegen_core.annotation import AnnotationCache, annotate, heuristic_decomposition, prompt_documents
 from onegen_core.data import load_hotpotqa
+from onegen_core.prepare.decomposition import heuristic_decomposition, prompt_documents
+from tasks.annotation_cache import AnnotationCache
+from tasks.annotation_runner import annotate
 from tasks.annotators import LocalHFBackend, OpenAIChatBackend, make_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,7 +293,8 @@ def test_make_backend():
 
 RUNNER = """\
 import json, logging, sys
-from onegen_core.annotation import AnnotationCache, annotate
+from tasks.annotation_cache import AnnotationCache
+from tasks.annotation_runner import annotate
 from onegen_core.data import load_hotpotqa
 from tasks.annotators import OpenAIChatBackend
 
@@ -383,7 +386,7 @@ def test_local_hf_backend_is_greedy_and_uses_the_chat_template(tmp_path, char_to
 def test_ray_fan_out_against_the_loopback_server(server, train_records, tmp_path):
     """Requests run as Ray tasks on a local Ray; the driver writes the cache; a re-run sends nothing."""
     ray = pytest.importorskip("ray")
-    from tasks.annotate_ray import ray_runner
+    from tasks.annotation_runner import ray_runner
 
     state, url = server
     records = train_records[:6]

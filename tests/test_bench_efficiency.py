@@ -9,8 +9,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workload(char_tokenizer, shared_data):
     from bench.efficiency import build_workload
-    from onegen_core.backbone import build_tiny_backbone
     from onegen_core.config import TinyBackboneConfig
+    from onegen_core.method.backbone import build_tiny_backbone
     from tasks.baselines import MiniLMEncoder
 
     cfg = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onegen_core.collator import OneGenCollator
-from onegen_core.encoding import IGNORE_INDEX
-from onegen_core.segments import Document, Query, Retrieval, Text, TrainingExample
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.encoding import IGNORE_INDEX
+from onegen_core.method.segments import Document, Query, Retrieval, Text, TrainingExample
 from tests.conftest import char_ids
 
 

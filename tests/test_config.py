@@ -55,7 +55,7 @@ def test_derived_steps():
 
 def test_paper_profiles_load_strictly_and_their_deepspeed_configs_validate():
     from onegen_core.config import load_params
-    from tasks.ds_config import resolved_ds_config, validate
+    from tasks.deepspeed_config import resolved_ds_config, validate
 
     root = Path(__file__).resolve().parents[1]
     names = sorted(p.stem for p in (root / "profiles").glob("paper-*.yaml"))
@@ -73,8 +73,8 @@ def test_paper_profiles_load_strictly_and_their_deepspeed_configs_validate():
 
 
 def test_cpu_smollm2_profile_names_the_packaged_gguf_and_stays_on_cpu():
-    from onegen_core.backbone import resolve_backbone_name
     from onegen_core.config import load_params
+    from onegen_core.method.backbone import resolve_backbone_name
 
     root = Path(__file__).resolve().parents[1]
     p = load_params(root / "params.yaml", {"profile": "cpu-smollm2-135m"})

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from onegen_core.collator import OneGenCollator
 from onegen_core.config import LossConfig
-from onegen_core.corpus import documents_from_multihop, documents_from_passages, encode_documents, unit_records
 from onegen_core.data import Passage, load_hotpotqa
-from onegen_core.model import OneGenModel
-from onegen_core.segments import Document
+from onegen_core.inference.document_encoding import encode_documents, unit_records
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.method.segments import Document
+from onegen_core.prepare.documents import documents_from_multihop, documents_from_passages
 
 
 def test_unit_records_keep_doc_text():
@@ -31,7 +32,8 @@ def test_encoded_vectors_equal_training_vectors(char_tokenizer, tiny_lm):
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     # the same vectors the training step reads at [RD] positions
     import torch
-    from onegen_core.segments import TrainingExample
+
+    from onegen_core.method.segments import TrainingExample
 
     b = col([TrainingExample("c", "t", (), documents=tuple(docs))])
     with torch.no_grad():
@@ -59,8 +61,8 @@ def test_document_sources(shared_data):
 
 def _encode_setup(tmp_path, tok, lm, shared_data, n_questions: int, max_doc_length: int):
     """A saved checkpoint and an EncodeConfig over the first `n_questions` HotpotQA dev questions."""
-    from onegen_core.backbone import save_checkpoint
     from onegen_core.config import EncodeConfig
+    from onegen_core.method.backbone import save_checkpoint
 
     ckpt = save_checkpoint(lm, tok, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
     sample = tmp_path / "sample.json"

@@ -14,8 +14,8 @@ import pytest
 from onegen_core.config import PrepareConfig
 from onegen_core.data.elevant import ElevantArticle, ElevantLabel
 from onegen_core.data.kb import Entity
-from onegen_core.labelling import EntityNegatives, cap_multihop_labels, text_windows, entity_linking_examples
-from onegen_core.segments import Retrieval
+from onegen_core.method.segments import Retrieval
+from onegen_core.prepare.labelling import EntityNegatives, cap_multihop_labels, entity_linking_examples, text_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_entity_linking_examples_and_negatives():
 def test_cap_multihop_labels_keeps_hard_negatives_first(shared_data):
     from onegen_core.config import ReconstructConfig
     from onegen_core.data import load_hotpotqa
-    from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
+    from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
 
     rec = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[0]
     ex = reconstruct_multihop(rec, hops_from_supporting_facts(rec), ReconstructConfig())

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from onegen_core.encoding import IGNORE_INDEX, SegmentTokenizer, encode_document, encode_example
-from onegen_core.segments import Document, Query, Retrieval, Role, Text, TrainingExample
-from onegen_core.tokens import PARAGRAPH_CLOSE, PARAGRAPH_OPEN, SpecialTokenIds
+from onegen_core.method.encoding import IGNORE_INDEX, SegmentTokenizer, encode_document, encode_example
+from onegen_core.method.segments import Document, Query, Retrieval, Role, Text, TrainingExample
+from onegen_core.method.tokens import PARAGRAPH_CLOSE, PARAGRAPH_OPEN, SpecialTokenIds
 from tests.conftest import char_ids
 
 G, C, R = int(Role.GEN), int(Role.CTX), int(Role.RET)

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from onegen_core.data.elevant import ElevantArticle, ElevantLabel
-from onegen_core.eval_linking import (
-    CopyConstraint,
+from onegen_core.evaluation.linking import (
     PredictedMention,
     Window,
     disambiguate_windows,
@@ -17,10 +16,11 @@ from onegen_core.eval_linking import (
     score_linking,
     windows_of,
 )
-from onegen_core.index import ExactIndex, UnitRecord
-from onegen_core.inference import RetrievalPolicy, generate
-from onegen_core.token_bytes import token_bytes
-from onegen_core.tokens import CON, MENTION_CLOSE, MENTION_OPEN, RQ, SpecialTokenIds
+from onegen_core.inference.copy_constraint import CopyConstraint
+from onegen_core.inference.generation import RetrievalPolicy, generate
+from onegen_core.inference.index import ExactIndex, UnitRecord
+from onegen_core.inference.token_bytes import token_bytes
+from onegen_core.method.tokens import CON, MENTION_CLOSE, MENTION_OPEN, RQ, SpecialTokenIds
 
 TEXT = "Paris and Berlin met Obama here."
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
-from onegen_core.eval_multihop import (
+from onegen_core.evaluation.multihop import (
     aggregate,
     evaluate_multihop,
     final_answer,
@@ -14,8 +14,8 @@ from onegen_core.eval_multihop import (
     pipeline_query_text,
     score_example,
 )
-from onegen_core.inference import GenerationResult, RetrievalEvent, RetrievalPolicy
-from onegen_core.reconstruct.multihop import paragraph_id
+from onegen_core.inference.generation import GenerationResult, RetrievalEvent, RetrievalPolicy
+from onegen_core.prepare.multihop import paragraph_id
 
 PARAS = (Paragraph("A", ("Alpha is a city.", " It is big.")), Paragraph("B", ("Beta is a river.",)),
          Paragraph("C", ("Gamma is a song.",)))
@@ -90,11 +90,12 @@ def test_pipeline_query_text():
 
 def test_end_to_end_rows_keep_every_question(char_tokenizer, tiny_lm):
     """An untrained model: whatever it generates, every question yields exactly one scored row."""
-    from onegen_core.collator import OneGenCollator
     from onegen_core.config import LossConfig
-    from onegen_core.corpus import documents_from_multihop, encode_documents
-    from onegen_core.index import ExactIndex
-    from onegen_core.model import OneGenModel
+    from onegen_core.inference.document_encoding import encode_documents
+    from onegen_core.inference.index import ExactIndex
+    from onegen_core.method.collator import OneGenCollator
+    from onegen_core.method.model import OneGenModel
+    from onegen_core.prepare.documents import documents_from_multihop
 
     tiny_lm.eval()
     docs = documents_from_multihop([RECORD], "sentence")

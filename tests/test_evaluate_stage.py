@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 def small_inputs(tmp_path, shared_data):
     from onegen_core.data import load_elevant, load_hotpotqa, write_kb
     from onegen_core.data.multihop import record_to_dict
-    from onegen_core.entity_kb import build_kb
+    from onegen_core.prepare.entity_kb import build_kb
 
     hot = tmp_path / "hot.jsonl"
     recs = load_hotpotqa(shared_data / "hotpotqa" / "dev_distractor_sample.json")[:3]
@@ -35,8 +35,8 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, char_tokenizer, tiny_l
     pytest.importorskip("lancedb")
     from mlflow import MlflowClient
 
-    from onegen_core.backbone import save_checkpoint
     from onegen_core.config import EncodeConfig, load_params
+    from onegen_core.method.backbone import save_checkpoint
     from tasks import encode, evaluate
 
     monkeypatch.chdir(tmp_path)  # runs/evaluate (the resume cache) lands in tmp

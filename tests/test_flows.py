@@ -49,7 +49,7 @@ SECRETS = {"OPENAI_API_KEY": "sk-planted-0n3g3n-secret-value", "AWS_SECRET_ACCES
 
 @pytest.mark.parametrize("sub", ["repro", "sweep", "serve", "ui"])
 def test_cli_help_is_fast_and_imports_nothing_heavy(sub):
-    code = ("import sys\nfrom tasks.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom flows.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit as e:\n"
             "    assert e.code == 0, e.code\nprint('HEAVY', sorted(m for m in ('prefect', 'mlflow', 'torch', 'ray', "
             "'dvc', 'onegen_core.config') if m in sys.modules))" % sub)
     t0 = time.perf_counter()
@@ -61,8 +61,8 @@ def test_cli_help_is_fast_and_imports_nothing_heavy(sub):
 
 
 def test_servers_bind_loopback_unless_told_otherwise():
+    from flows.cli import _parser
     from flows.serve import mlflow_ui_command, prefect_server_command
-    from tasks.cli import _parser
 
     for sub in ("serve", "ui"):
         args = _parser().parse_args([sub])
@@ -137,9 +137,9 @@ def test_override_floats_read_back_as_floats_everywhere(tmp_path):
 
 
 def test_cli_overrides_are_typed():
-    from flows.common import parse_cli_overrides
+    from onegen_core.config import parse_overrides
 
-    assert parse_cli_overrides(["train.max_steps=2", "train.lr=1e-3", "tokenizer.corpus=[]", "profile=",
+    assert parse_overrides(["train.max_steps=2", "train.lr=1e-3", "tokenizer.corpus=[]", "profile=",
                                 "loss.kind=info_nce"]) == {
         "train.max_steps": 2, "train.lr": 1e-3, "tokenizer.corpus": [], "profile": "", "loss.kind": "info_nce"}
 
@@ -277,7 +277,7 @@ def served(tmp_path_factory, shared_data):
                 **SECRETS})
     log_path = base / "serve.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([PY, "-m", "tasks.cli", "serve", "--project-dir", str(proj), "--port", str(port)],
+        proc = subprocess.Popen([PY, "-m", "flows.cli", "serve", "--project-dir", str(proj), "--port", str(port)],
                                 cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"
     try:

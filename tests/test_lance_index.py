@@ -5,7 +5,7 @@ import pytest
 
 lancedb = pytest.importorskip("lancedb")
 
-from onegen_core.index import ExactIndex, IndexMismatchError, UnitRecord  # noqa: E402
+from onegen_core.inference.index import ExactIndex, IndexMismatchError, UnitRecord  # noqa: E402
 from tasks.lance_index import LanceIndex  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def test_checkpoint_is_recorded_resumed_and_replaced(tmp_path):
 
 
 def test_generation_refuses_an_index_from_another_checkpoint(tmp_path, char_tokenizer, tiny_lm):
-    from onegen_core.inference import generate
+    from onegen_core.inference.generation import generate
 
     recs, v = data(n=6, d=tiny_lm.config.hidden_size)
     idx = LanceIndex.create(str(tmp_path / "db"), tiny_lm.config.hidden_size, "ck1")

@@ -7,9 +7,9 @@ import torch
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_lora_trains_adapters_and_only_the_special_rows(tie):
-    from onegen_core.backbone import build_tiny_backbone
     from onegen_core.config import LoraSettings, TinyBackboneConfig
-    from onegen_core.lora import apply_lora, merged
+    from onegen_core.method.backbone import build_tiny_backbone
+    from onegen_core.method.lora import apply_lora, merged
 
     cfg = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                              tie_word_embeddings=tie)
@@ -36,9 +36,9 @@ def test_lora_trains_adapters_and_only_the_special_rows(tie):
 
 
 def test_lora_rejects_unknown_target_modules():
-    from onegen_core.backbone import build_tiny_backbone
     from onegen_core.config import LoraSettings, TinyBackboneConfig
-    from onegen_core.lora import apply_lora
+    from onegen_core.method.backbone import build_tiny_backbone
+    from onegen_core.method.lora import apply_lora
 
     lm = build_tiny_backbone(TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                                                 num_kv_heads=2), 300, seed=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onegen_core.losses import bpr_loss, info_nce_loss
+from onegen_core.method.losses import bpr_loss, info_nce_loss
 
 
 def unit(v):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onegen_core.metrics import exact_match, f1, micro_prf, normalize_answer, prf_counts, prf_from_counts
+from onegen_core.evaluation.metrics import exact_match, f1, micro_prf, normalize_answer, prf_counts, prf_from_counts
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onegen_core.collator import OneGenCollator
 from onegen_core.config import LossConfig
-from onegen_core.encoding import IGNORE_INDEX
-from onegen_core.model import OneGenModel, gather_positions
-from onegen_core.segments import Document, Query, Retrieval, Text, TrainingExample
-from onegen_core.tokens import RD, RQ
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.encoding import IGNORE_INDEX
+from onegen_core.method.model import OneGenModel, gather_positions
+from onegen_core.method.segments import Document, Query, Retrieval, Text, TrainingExample
+from onegen_core.method.tokens import RD, RQ
 
 
 def examples() -> list[TrainingExample]:

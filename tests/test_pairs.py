@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from onegen_core.pairs import sample_pairs
+from onegen_core.method.pairs import sample_pairs
 
 
 def masks():

@@ -5,9 +5,19 @@ import pytest
 from onegen_core.config import ReconstructConfig
 from onegen_core.data import load_hotpotqa
 from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
-from onegen_core.reconstruct import Hop, Mention, hops_from_supporting_facts, reconstruct_entity_linking, reconstruct_multihop
-from onegen_core.segments import Retrieval, Text, TrainingExample
-from onegen_core.tokens import CON, FINAL_CLOSE, FINAL_OPEN, LOC_CLOSE, LOC_OPEN, MENTION_CLOSE, MENTION_OPEN, PARAGRAPH_OPEN
+from onegen_core.method.segments import Retrieval, Text, TrainingExample
+from onegen_core.method.tokens import (
+    CON,
+    FINAL_CLOSE,
+    FINAL_OPEN,
+    LOC_CLOSE,
+    LOC_OPEN,
+    MENTION_CLOSE,
+    MENTION_OPEN,
+    PARAGRAPH_OPEN,
+)
+from onegen_core.prepare.entity_linking import Mention, reconstruct_entity_linking
+from onegen_core.prepare.multihop import Hop, hops_from_supporting_facts, reconstruct_multihop
 
 
 def record() -> MultiHopRecord:

@@ -1,5 +1,5 @@
 """Self-RAG: the strict loader (onegen_core.data.selfrag) and the reconstruction into OneGen examples
-(onegen_core.reconstruct.selfrag).
+(onegen_core.prepare.selfrag).
 
 No real Self-RAG file is available here: the fixtures follow the structure that
 AkariAsai/self-rag `data_creation/generator/postprocess_data.py` writes:
@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from onegen_core import tokens
-from onegen_core.collator import OneGenCollator
 from onegen_core.data import selfrag as fmt
 from onegen_core.data.errors import DataError
 from onegen_core.data.selfrag import (
@@ -27,9 +25,11 @@ from onegen_core.data.selfrag import (
     load_selfrag_with_report,
     parse_selfrag_output,
 )
-from onegen_core.encoding import IGNORE_INDEX, SegmentTokenizer, encode_example
-from onegen_core.reconstruct.selfrag import passage_document, passage_id, reconstruct_selfrag, selfrag_prompt
-from onegen_core.segments import Query, Retrieval, Role, Text, TrainingExample
+from onegen_core.method import tokens
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.encoding import IGNORE_INDEX, SegmentTokenizer, encode_example
+from onegen_core.method.segments import Query, Retrieval, Role, Text, TrainingExample
+from onegen_core.prepare.selfrag import passage_document, passage_id, reconstruct_selfrag, selfrag_prompt
 from tests.conftest import char_ids
 
 P_PARIS = "Paris\nParis is the capital of France."

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.selfrag_negatives import rank_window_negatives
+from onegen_core.prepare.labelling import rank_window_negatives
 
 
 def angle_encoder(texts):

@@ -1,6 +1,6 @@
 import pytest
 
-from onegen_core.sentences import split_sentences
+from onegen_core.prepare.sentences import split_sentences
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from onegen_core.backbone import META_FILE, load_pretrained, save_checkpoint
-from onegen_core.tokens import SPECIAL_TOKENS, SpecialTokenIds, add_special_tokens, resize_embeddings
+from onegen_core.method.backbone import META_FILE, load_pretrained, save_checkpoint
+from onegen_core.method.tokens import SPECIAL_TOKENS, SpecialTokenIds, add_special_tokens, resize_embeddings
 
 
 def test_special_token_strings():

@@ -35,7 +35,7 @@ def ray_session():
 def data_dir(tmp_path_factory, shared_data):
     from onegen_core.config import ReconstructConfig
     from onegen_core.data import load_hotpotqa
-    from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
+    from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
 
     d = tmp_path_factory.mktemp("train_data")
     recs = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[:28]
@@ -85,7 +85,7 @@ def uninterrupted(ray_session, data_dir, tmp_path_factory):
 def test_zero3_run_writes_a_loadable_checkpoint_and_an_mlflow_run(uninterrupted):
     from mlflow import MlflowClient
 
-    from onegen_core.backbone import load_pretrained
+    from onegen_core.method.backbone import load_pretrained
 
     p, work, s = uninterrupted
     assert s["steps"] == 4 and s["workers"] == 2
@@ -118,11 +118,11 @@ def test_zero3_losses_equal_the_single_process_loop_on_the_same_global_batch(uni
     """
     import dataclasses
 
-    from onegen_core.backbone import load_pretrained
-    from onegen_core.collator import OneGenCollator
-    from onegen_core.model import OneGenModel
-    from onegen_core.train_loop import train
-    from tasks.train_data import load_examples
+    from onegen_core.method.backbone import load_pretrained
+    from onegen_core.method.collator import OneGenCollator
+    from onegen_core.method.model import OneGenModel
+    from onegen_core.training.dataset import load_examples
+    from onegen_core.training.loop import train
 
     p, _, s = uninterrupted
     dist_hist = history(s)
@@ -175,7 +175,7 @@ def test_resume_from_a_chosen_checkpoint(uninterrupted, data_dir, tmp_path_facto
 
 def test_deepspeed_configs_validate_with_deepspeeds_parser():
     from onegen_core.config import load_params
-    from tasks.ds_config import load_ds_config, resolved_ds_config, validate
+    from tasks.deepspeed_config import load_ds_config, resolved_ds_config, validate
 
     for f in sorted((ROOT / "infra" / "deepspeed").glob("*.json")):
         p = load_params(ROOT / "params.yaml", {"distributed.deepspeed_config": str(f)})
@@ -222,6 +222,6 @@ def test_lora_under_zero3_trains_adapters_and_saves_merged_weights(ray_session, 
     assert not torch.equal(out[q], init[q])  # the adapter's update is folded in
     emb = "model.embed_tokens.weight"
     changed = (out[emb] - init[emb]).abs().sum(1).nonzero().flatten().tolist()
-    from onegen_core.backbone import read_meta
+    from onegen_core.method.backbone import read_meta
     special = set(read_meta(p.train_data.init_dir)["special_tokens"].values())
     assert changed and set(changed) <= special  # only OneGen token rows of the embedding moved

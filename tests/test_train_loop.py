@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from onegen_core.collator import OneGenCollator
 from onegen_core.config import LossConfig, TrainConfig
-from onegen_core.evaluation import held_out_losses
-from onegen_core.model import OneGenModel
-from onegen_core.retrieval_eval import retrieval_recall
-from onegen_core.schedule import lr_at
-from onegen_core.segments import Document, Query, Retrieval, Text, TrainingExample
-from onegen_core.train_loop import data_order, micro_batches_for_step, train
+from onegen_core.evaluation.held_out import held_out_losses
+from onegen_core.evaluation.retrieval import retrieval_recall
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel
+from onegen_core.method.segments import Document, Query, Retrieval, Text, TrainingExample
+from onegen_core.training.loop import data_order, micro_batches_for_step, train
+from onegen_core.training.schedule import lr_at
 
 WORDS = ["cat", "dog", "owl", "elk", "bee", "ant", "yak", "emu"]
 
@@ -66,8 +66,8 @@ def test_training_lowers_both_losses_and_learns_retrieval(char_tokenizer, tiny_l
 
 
 def test_training_is_deterministic(char_tokenizer):
-    from onegen_core.backbone import build_tiny_backbone
     from onegen_core.config import TinyBackboneConfig
+    from onegen_core.method.backbone import build_tiny_backbone
 
     cfg_m = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2)
     losses = []
@@ -81,7 +81,7 @@ def test_training_is_deterministic(char_tokenizer):
 
 
 def test_ranks_split_the_single_process_micro_batches_with_the_same_indices():
-    from onegen_core.train_loop import steps_per_epoch
+    from onegen_core.training.loop import steps_per_epoch
 
     order = list(range(40))
     single = TrainConfig(batch_size=2, grad_accum=4)
@@ -95,7 +95,7 @@ def test_ranks_split_the_single_process_micro_batches_with_the_same_indices():
 
 
 def test_linear_schedule_reaches_the_floor():
-    from onegen_core.schedule import lr_at
+    from onegen_core.training.schedule import lr_at
 
     assert lr_at(0, 10, 1.0, 0, 0.0, "linear") == 1.0
     assert lr_at(5, 10, 1.0, 0, 0.0, "linear") == 0.5
@@ -127,7 +127,7 @@ def test_retrieval_recall_splits_first_and_later_rq(char_tokenizer, tiny_lm, sha
     two-hop question contributes exactly one first [RQ]."""
     from onegen_core.config import ReconstructConfig
     from onegen_core.data import load_hotpotqa
-    from onegen_core.reconstruct import hops_from_supporting_facts, reconstruct_multihop
+    from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
 
     recs = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[:6]
     cfg = ReconstructConfig(max_negative_paragraphs=2)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DataError
-from .multihop import OnError, _check_on_error, collect_records, _get, _iter_jsonl, _json_type, _Raw, _typed, _Where
 from .open_source import source_name
+from .strict_json import OnError, Raw, Where, check_on_error, collect_records, iter_jsonl, json_type, required, typed
 
 __all__ = [
     "NIL",
@@ -124,23 +124,23 @@ class ElevantArticle:
 # --------------------------------------------------------------------------- field validation
 
 
-def _int(value: Any, field: str, where: _Where) -> int:
-    return _typed(value, int, field, where)
+def _int(value: Any, field: str, where: Where) -> int:
+    return typed(value, int, field, where)
 
 
-def _bool(raw: dict, key: str, field: str, where: _Where) -> bool:
+def _bool(raw: dict, key: str, field: str, where: Where) -> bool:
     """An optional boolean flag; absent or null means False (ELEVANT writes ``coref: null``)."""
     value = raw.get(key)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise where.error(f"{field}.{key}", f"expected boolean, got {_json_type(value)}")
+        raise where.error(f"{field}.{key}", f"expected boolean, got {json_type(value)}")
     return value
 
 
-def _span(value: Any, field: str, text_length: int, where: _Where, allow_empty: bool) -> tuple[int, int]:
+def _span(value: Any, field: str, text_length: int, where: Where, allow_empty: bool) -> tuple[int, int]:
     """``[start, end]`` with ``0 <= start < end <= len(text)`` (``start == end`` only if allowed)."""
-    _typed(value, list, field, where)
+    typed(value, list, field, where)
     if len(value) != 2:
         raise where.error(field, f"expected [start, end], got an array of {len(value)} items")
     start, end = _int(value[0], f"{field}[0]", where), _int(value[1], f"{field}[1]", where)
@@ -151,16 +151,16 @@ def _span(value: Any, field: str, text_length: int, where: _Where, allow_empty: 
     return start, end
 
 
-def _optional_str(raw: dict, key: str, field: str, where: _Where) -> str | None:
+def _optional_str(raw: dict, key: str, field: str, where: Where) -> str | None:
     value = raw.get(key)
-    return None if value is None else _typed(value, str, f"{field}.{key}", where)
+    return None if value is None else typed(value, str, f"{field}.{key}", where)
 
 
-def _parse_label(raw: Any, index: int, text_length: int, where: _Where) -> ElevantLabel:
+def _parse_label(raw: Any, index: int, text_length: int, where: Where) -> ElevantLabel:
     """One label; references to other labels are checked later, once all ids are known."""
     field = f"labels[{index}]"
     if not isinstance(raw, dict):
-        raise where.error(field, f"expected object, got {_json_type(raw)}")
+        raise where.error(field, f"expected object, got {json_type(raw)}")
 
     def required(key: str) -> Any:
         if key not in raw:
@@ -168,19 +168,19 @@ def _parse_label(raw: Any, index: int, text_length: int, where: _Where) -> Eleva
         return raw[key]
 
     start, end = _span(required("span"), f"{field}.span", text_length, where, allow_empty=False)
-    entity_id = _typed(required("entity_id"), str, f"{field}.entity_id", where)
+    entity_id = typed(required("entity_id"), str, f"{field}.entity_id", where)
     if not entity_id.strip():
         raise where.error(f"{field}.entity_id", "must not be empty")
     parent = raw.get("parent")
     children = raw.get("children")
     if children is None:
         children = []
-    _typed(children, list, f"{field}.children", where)
+    typed(children, list, f"{field}.children", where)
     return ElevantLabel(
         span_start=start,
         span_end=end,
         entity_id=entity_id,
-        name=_typed(required("name"), str, f"{field}.name", where),
+        name=typed(required("name"), str, f"{field}.name", where),
         type=_optional_str(raw, "type", field, where),
         parent=None if parent is None else _int(parent, f"{field}.parent", where),
         children=tuple(_int(c, f"{field}.children[{j}]", where) for j, c in enumerate(children)),
@@ -190,7 +190,7 @@ def _parse_label(raw: Any, index: int, text_length: int, where: _Where) -> Eleva
     )
 
 
-def _check_label_ids(labels: list[ElevantLabel], where: _Where) -> None:
+def _check_label_ids(labels: list[ElevantLabel], where: Where) -> None:
     """Label ids are unique, and every parent/child names a label of this article whose span nests."""
     by_id: dict[int, ElevantLabel] = {}
     for i, label in enumerate(labels):
@@ -212,17 +212,17 @@ def _check_label_ids(labels: list[ElevantLabel], where: _Where) -> None:
                 raise where.error(f"labels[{i}].children[{j}]", f"names no other label of this article ({child})")
 
 
-def _parse_article(raw: dict, where: _Where, benchmark: str) -> ElevantArticle:
+def _parse_article(raw: dict, where: Where, benchmark: str) -> ElevantArticle:
     """Fields in a fixed order (id first) so the first error reported is deterministic."""
-    article_id = _get(raw, "id", where)
+    article_id = required(raw, "id", where)
     if isinstance(article_id, bool) or not isinstance(article_id, (int, str)):
-        raise where.error("id", f"expected integer or string, got {_json_type(article_id)}")
-    title = _typed(_get(raw, "title", where), str, "title", where)
-    text = _typed(_get(raw, "text", where), str, "text", where)
+        raise where.error("id", f"expected integer or string, got {json_type(article_id)}")
+    title = typed(required(raw, "title", where), str, "title", where)
+    text = typed(required(raw, "text", where), str, "text", where)
     evaluation_span = raw.get("evaluation_span")
     if evaluation_span is not None:
         evaluation_span = _span(evaluation_span, "evaluation_span", len(text), where, allow_empty=True)
-    raw_labels = _typed(_get(raw, "labels", where), list, "labels", where)
+    raw_labels = typed(required(raw, "labels", where), list, "labels", where)
     labels = [_parse_label(item, i, len(text), where) for i, item in enumerate(raw_labels)]
     _check_label_ids(labels, where)
     return ElevantArticle(
@@ -250,7 +250,7 @@ def benchmark_name(path: str | os.PathLike) -> str:
     return name
 
 
-def _record_label(raw: _Raw) -> str:
+def _record_label(raw: Raw) -> str:
     """``line 3 (id 948)`` when the id is readable: the line finds it in an editor, the id in ELEVANT."""
     value = raw.value
     if isinstance(value, dict) and isinstance(value.get("id"), (int, str)) and not isinstance(value["id"], bool):
@@ -258,12 +258,12 @@ def _record_label(raw: _Raw) -> str:
     return raw.position
 
 
-def _decode(file: str, raw: _Raw, benchmark: str, seen: dict[int | str, str]) -> ElevantArticle:
+def _decode(file: str, raw: Raw, benchmark: str, seen: dict[int | str, str]) -> ElevantArticle:
     if raw.error is not None:
         raise raw.error
-    where = _Where(file, _record_label(raw))
+    where = Where(file, _record_label(raw))
     if not isinstance(raw.value, dict):
-        raise where.error(_FIELD_RECORD, f"expected object, got {_json_type(raw.value)}")
+        raise where.error(_FIELD_RECORD, f"expected object, got {json_type(raw.value)}")
     article = _parse_article(raw.value, where, benchmark)
     first = seen.setdefault(article.id, raw.position)
     if first != raw.position:
@@ -276,7 +276,7 @@ def _load(
 ) -> tuple[list[ElevantArticle], list[DataError]]:
     name = benchmark if benchmark is not None else benchmark_name(path)
     seen: dict[int | str, str] = {}
-    return collect_records(path, _iter_jsonl, lambda file, raw: _decode(file, raw, name, seen), raise_errors)
+    return collect_records(path, iter_jsonl, lambda file, raw: _decode(file, raw, name, seen), raise_errors)
 
 
 # --------------------------------------------------------------------------- public loaders
@@ -291,7 +291,7 @@ def load_elevant(
     ``.benchmark.jsonl``. With ``on_error="skip"`` malformed articles are dropped; use
     :func:`load_elevant_with_report` to see why. A file that is not UTF-8 always raises.
     """
-    return _load(path, benchmark, _check_on_error(on_error))[0]
+    return _load(path, benchmark, check_on_error(on_error))[0]
 
 
 def load_elevant_with_report(

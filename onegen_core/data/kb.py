@@ -1,7 +1,7 @@
 """Entity knowledge base: a JSON Lines file of ``{"id", "title", "description"}`` objects.
 
 Why a file of its own: entity linking retrieves entity descriptions (one document per entity, see
-``onegen_core.reconstruct.entity_linking``), so the KB is the document collection of that task. It is
+``onegen_core.prepare.entity_linking``), so the KB is the document collection of that task. It is
 written once by a preparation step and read by training and evaluation; a duplicated id or an entity
 without a title would make two runs disagree about what a retrieved id means, so both are errors.
 
@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import DataError
-from .multihop import OnError, _check_on_error, collect_records, _get, _iter_jsonl, _json_type, _Raw, _text, _typed, _Where
 from .open_source import source_name
+from .strict_json import (
+    OnError,
+    Raw,
+    Where,
+    check_on_error,
+    collect_records,
+    iter_jsonl,
+    json_type,
+    required,
+    required_text,
+    typed,
+)
 
 __all__ = ["Entity", "load_kb", "load_kb_with_report", "write_kb"]
 
@@ -50,28 +61,28 @@ class Entity:
 # --------------------------------------------------------------------------- validation
 
 
-def _parse_entity(raw: dict, where: _Where) -> Entity:
+def _parse_entity(raw: dict, where: Where) -> Entity:
     """Fields in a fixed order (id first) so the first error reported is deterministic."""
-    entity_id = _text(raw, "id", where)
-    title = _text(raw, "title", where)
-    description = _typed(_get(raw, "description", where), str, "description", where)
+    entity_id = required_text(raw, "id", where)
+    title = required_text(raw, "title", where)
+    description = typed(required(raw, "description", where), str, "description", where)
     entity_type = raw.get("type")
     if entity_type is not None:
-        _typed(entity_type, str, "type", where)
+        typed(entity_type, str, "type", where)
     aliases = raw.get("aliases")
     if aliases is None:
         aliases = []
-    _typed(aliases, list, "aliases", where)
+    typed(aliases, list, "aliases", where)
     return Entity(
         id=entity_id,
         title=title,
         description=description,
         type=entity_type,
-        aliases=tuple(_typed(a, str, f"aliases[{i}]", where) for i, a in enumerate(aliases)),
+        aliases=tuple(typed(a, str, f"aliases[{i}]", where) for i, a in enumerate(aliases)),
     )
 
 
-def _record_label(raw: _Raw) -> str:
+def _record_label(raw: Raw) -> str:
     """``line 3 (id Q42)`` when the id is readable, else ``line 3``."""
     value = raw.value
     if isinstance(value, dict) and isinstance(value.get("id"), str) and value["id"].strip():
@@ -79,12 +90,12 @@ def _record_label(raw: _Raw) -> str:
     return raw.position
 
 
-def _decode(file: str, raw: _Raw, seen: dict[str, str]) -> Entity:
+def _decode(file: str, raw: Raw, seen: dict[str, str]) -> Entity:
     if raw.error is not None:
         raise raw.error
-    where = _Where(file, _record_label(raw))
+    where = Where(file, _record_label(raw))
     if not isinstance(raw.value, dict):
-        raise where.error(_FIELD_RECORD, f"expected object, got {_json_type(raw.value)}")
+        raise where.error(_FIELD_RECORD, f"expected object, got {json_type(raw.value)}")
     entity = _parse_entity(raw.value, where)
     first = seen.setdefault(entity.id, raw.position)
     if first != raw.position:
@@ -94,7 +105,7 @@ def _decode(file: str, raw: _Raw, seen: dict[str, str]) -> Entity:
 
 def _load(path: str | os.PathLike, raise_errors: bool) -> tuple[list[Entity], list[DataError]]:
     seen: dict[str, str] = {}
-    return collect_records(path, _iter_jsonl, lambda file, raw: _decode(file, raw, seen), raise_errors)
+    return collect_records(path, iter_jsonl, lambda file, raw: _decode(file, raw, seen), raise_errors)
 
 
 # --------------------------------------------------------------------------- public API
@@ -106,7 +117,7 @@ def load_kb(path: str | os.PathLike, on_error: OnError = "raise") -> list[Entity
     With ``on_error="skip"`` malformed entries (and second occurrences of an id) are dropped; use
     :func:`load_kb_with_report` to see why.
     """
-    return _load(path, _check_on_error(on_error))[0]
+    return _load(path, check_on_error(on_error))[0]
 
 
 def load_kb_with_report(path: str | os.PathLike) -> tuple[list[Entity], list[DataError]]:
@@ -126,7 +137,7 @@ def write_kb(path: str | os.PathLike, entities: Iterable[Entity]) -> int:
     lines: list[str] = []
     seen: dict[str, str] = {}
     for index, entity in enumerate(entities):
-        raw = _Raw(f"#{index}", entity.to_dict())
+        raw = Raw(f"#{index}", entity.to_dict())
         _decode(file, raw, seen)
         lines.append(json.dumps(raw.value, ensure_ascii=False) + "\n")
     tmp = f"{file}.tmp{os.getpid()}"

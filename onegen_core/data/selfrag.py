@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .errors import DataError
-from .multihop import OnError, _check_on_error, collect_records, _iter_raw, _json_type, _Raw, _text, _typed, _Where
+from .strict_json import OnError, Raw, Where, check_on_error, collect_records, iter_raw, json_type, required_text, typed
 
 __all__ = [
     "CONTINUE_EVIDENCE",
@@ -52,7 +52,7 @@ __all__ = [
     "parse_selfrag_output",
 ]
 
-# The Self-RAG file format's markup. <paragraph> equals onegen_core.tokens.PARAGRAPH_OPEN/CLOSE; it is
+# The Self-RAG file format's markup. <paragraph> equals onegen_core.method.tokens.PARAGRAPH_OPEN/CLOSE; it is
 # spelt here because it is part of the file format, and importing tokens would pull torch into the
 # data package.
 PARAGRAPH_OPEN, PARAGRAPH_CLOSE = "<paragraph>", "</paragraph>"
@@ -300,25 +300,25 @@ def parse_selfrag_output(output: str) -> tuple[SelfRagSegment, ...]:
 # --------------------------------------------------------------------------- records
 
 
-def _record_id(raw: dict, position: str, where: _Where) -> str:
+def _record_id(raw: dict, position: str, where: Where) -> str:
     """The record's ``id`` (string or integer), or its position when the file has none."""
     value = raw.get("id")
     if value is None:
         return position
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise where.error("id", f"expected a non-empty string or integer, got {_json_type(value)}")
+        raise where.error("id", f"expected a non-empty string or integer, got {json_type(value)}")
     return str(value)
 
 
-def _parse_record(raw: dict, position: str, where: _Where) -> SelfRagExample:
+def _parse_record(raw: dict, position: str, where: Where) -> SelfRagExample:
     record_id = _record_id(raw, position, where)
-    instruction = _text(raw, "instruction", where)
+    instruction = required_text(raw, "instruction", where)
     input_text = raw.get("input")
-    input_text = "" if input_text is None else _typed(input_text, str, "input", where)
-    output = _text(raw, "output", where)
+    input_text = "" if input_text is None else typed(input_text, str, "input", where)
+    output = required_text(raw, "output", where)
     dataset_name = raw.get("dataset_name")
     if dataset_name is not None:
-        _typed(dataset_name, str, "dataset_name", where)
+        typed(dataset_name, str, "dataset_name", where)
     try:
         segments = parse_selfrag_output(output)
     except _OutputError as exc:
@@ -326,24 +326,24 @@ def _parse_record(raw: dict, position: str, where: _Where) -> SelfRagExample:
     return SelfRagExample(record_id, instruction, input_text, segments, dataset_name)
 
 
-def _record_label(raw: _Raw) -> str:
+def _record_label(raw: Raw) -> str:
     value = raw.value
     if isinstance(value, dict) and isinstance(value.get("id"), (str, int)) and not isinstance(value["id"], bool):
         return f"{raw.position} (id {value['id']})"
     return raw.position
 
 
-def _decode(file: str, raw: _Raw) -> SelfRagExample:
+def _decode(file: str, raw: Raw) -> SelfRagExample:
     if raw.error is not None:
         raise raw.error
-    where = _Where(file, _record_label(raw))
+    where = Where(file, _record_label(raw))
     if not isinstance(raw.value, dict):
-        raise where.error(_FIELD_RECORD, f"expected object, got {_json_type(raw.value)}")
+        raise where.error(_FIELD_RECORD, f"expected object, got {json_type(raw.value)}")
     return _parse_record(raw.value, raw.position, where)
 
 
 def _load(path: str | os.PathLike, raise_errors: bool) -> tuple[list[SelfRagExample], list[DataError]]:
-    return collect_records(path, _iter_raw, _decode, raise_errors)
+    return collect_records(path, iter_raw, _decode, raise_errors)
 
 
 def load_selfrag(path: str | os.PathLike, on_error: OnError = "raise") -> list[SelfRagExample]:
@@ -353,7 +353,7 @@ def load_selfrag(path: str | os.PathLike, on_error: OnError = "raise") -> list[S
     ``id`` is named by its position (``line 12`` / ``#11``). With ``on_error="skip"`` malformed records
     are dropped; use :func:`load_selfrag_with_report` to see why.
     """
-    return _load(path, _check_on_error(on_error))[0]
+    return _load(path, check_on_error(on_error))[0]
 
 
 def load_selfrag_with_report(path: str | os.PathLike) -> tuple[list[SelfRagExample], list[DataError]]:

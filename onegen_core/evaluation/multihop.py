@@ -1,0 +1,193 @@
+"""End-to-end multi-hop QA evaluation (R→G): the model reads the question, emits [RQ] whenever it wants
+a passage, the index answers with the [RQ] hidden state (or a baseline retriever's vector), the passage
+is pasted and generation continues until `</FINAL-ANSWER>`.
+
+Scores (App. G.2): answer EM/F1 with the official normalisation, and retrieval Recall@1 —
+- per sub-query: a retrieval is a hit when its top-1 unit lies in a gold supporting paragraph not hit
+  by an earlier retrieval of the same question. The denominator is, per question, the larger of the
+  retrievals emitted and the gold hops, so a question that retrieves too few times loses the hops it
+  skipped and one that retrieves too often pays for the extra ones;
+- per question: every retrieval hit a distinct gold paragraph and every gold paragraph was hit.
+
+Misses are never dropped: a question whose generation never closes the final answer, hits the
+retrieval cap or retrieves nothing (empty candidate set) scores EM = F1 = 0 and is counted by reason.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from onegen_core.data.multihop import MultiHopRecord
+from onegen_core.evaluation.metrics import exact_match, f1
+from onegen_core.inference.generation import EngineStats, GenerationResult, RetrievalPolicy, generate
+from onegen_core.inference.index import VectorIndex
+from onegen_core.method.encoding import SegmentTokenizer
+from onegen_core.method.prompts import QUESTION_PREFIX, question_prompt
+from onegen_core.method.segments import sentence_unit_id
+from onegen_core.method.tokens import FINAL_CLOSE, FINAL_OPEN, PARAGRAPH_CLOSE, SPECIAL_TOKENS
+from onegen_core.prepare.multihop import paragraph_id
+
+Setting = Literal["distractor", "open"]
+# (row in the batch, row's token ids up to and including [RQ]) -> query vector (baseline retrievers)
+QueryEncoder = Callable[[int, list[int]], np.ndarray]
+
+
+def final_answer(text: str) -> str | None:
+    """The text inside the last `<FINAL-ANSWER>`; None when it never closes."""
+    start = text.rfind(FINAL_OPEN)
+    if start < 0:
+        return None
+    end = text.find(FINAL_CLOSE, start)
+    return None if end < 0 else text[start + len(FINAL_OPEN):end].strip()
+
+
+def strip_special(text: str) -> str:
+    for t in SPECIAL_TOKENS:
+        text = text.replace(t, " ")
+    return " ".join(text.split())
+
+
+def pipeline_query_text(decoded: str, question: str) -> str:
+    """What a separate retriever is given at a [RQ]: the question plus what the model wrote since the
+    last pasted passage (the sub-question in the explicit style; nothing more in the implicit style)."""
+    tail = decoded.rsplit(PARAGRAPH_CLOSE, 1)[1] if PARAGRAPH_CLOSE in decoded else ""
+    return f"{question} {strip_special(tail)}".strip()
+
+
+def query_text_of(tokenizer, seq: Sequence[int]) -> str:
+    """`pipeline_query_text` of a row's token ids (prompt + continuation up to its [RQ])."""
+    decoded = tokenizer.decode(list(seq), skip_special_tokens=False)
+    question = decoded.split(QUESTION_PREFIX, 1)[-1].split("\n", 1)[0]
+    return pipeline_query_text(decoded, question)
+
+
+@dataclass
+class MultihopGold:
+    docs: frozenset[str]  # ids of the gold supporting paragraphs (as the index stores them)
+    units: frozenset[str]  # ids of the supporting sentences
+    candidates: frozenset[str]  # the question's own paragraphs (distractor setting)
+
+
+def gold_of(record: MultiHopRecord) -> MultihopGold:
+    by_title = {p.title: p for p in record.context}
+    docs, units = set(), set()
+    for f in record.supporting_facts:
+        p = by_title.get(f.title)
+        if p is None:
+            continue
+        pid = paragraph_id(p)
+        docs.add(pid)
+        units.add(sentence_unit_id(pid, f.sentence))
+    return MultihopGold(frozenset(docs), frozenset(units),
+                        frozenset(paragraph_id(p) for p in record.context if p.sentences))
+
+
+def score_example(record: MultiHopRecord, result: GenerationResult, unit_doc: Callable[[str], str | None]) -> dict:
+    """One prediction row: answer, EM/F1, retrieval hits and the miss reason (None if not a miss)."""
+    gold = gold_of(record)
+    answer = final_answer(result.text)
+    hits_seen: set[str] = set()
+    rows = []
+    nothing = False
+    for ev in result.retrievals:
+        if not ev.ids:
+            nothing = True
+            rows.append({"top": None, "doc": None, "score": None, "gold_doc": False, "supporting_unit": False})
+            continue
+        doc = unit_doc(ev.ids[0])
+        new_gold = doc in gold.docs and doc not in hits_seen
+        if new_gold:
+            hits_seen.add(doc)
+        rows.append({"top": ev.ids[0], "doc": doc, "score": round(ev.scores[0], 5), "gold_doc": bool(new_gold),
+                     "supporting_unit": ev.ids[0] in gold.units})
+    if result.finish_reason == "retrieval_cap":
+        reason = "retrieval_cap"
+    elif nothing:
+        reason = "nothing_retrievable"
+    elif answer is None:
+        reason = "never_closed" if result.finish_reason == "length" else "no_final_answer"
+    else:
+        reason = None
+    n_gold, n_emitted = len(gold.docs), len(rows)
+    hits = sum(r["gold_doc"] for r in rows)
+    em = f = 0.0
+    if reason is None:
+        em, f = exact_match(answer, record.answer), f1(answer, record.answer)
+    return {
+        "id": record.id,
+        "question": record.question,
+        "gold_answer": record.answer,
+        "prediction": answer,
+        "em": em,
+        "f1": f,
+        "miss_reason": reason,
+        "finish_reason": result.finish_reason,
+        "retrievals": rows,
+        "gold_hops": n_gold,
+        "subquery_hits": hits,
+        "subquery_slots": max(n_emitted, n_gold),
+        "unit_hits": sum(r["supporting_unit"] for r in rows),
+        "question_retrieved": bool(n_gold and hits == n_gold == n_emitted),
+        "generation": result.text,
+    }
+
+
+def aggregate(rows: Sequence[dict]) -> dict:
+    n = len(rows)
+    slots = sum(r["subquery_slots"] for r in rows)
+    misses = Counter(r["miss_reason"] for r in rows if r["miss_reason"])
+    return {
+        "questions": n,
+        "em": sum(r["em"] for r in rows) / n if n else 0.0,
+        "f1": sum(r["f1"] for r in rows) / n if n else 0.0,
+        "recall_at_1_subquery": sum(r["subquery_hits"] for r in rows) / slots if slots else 0.0,
+        "recall_at_1_question": sum(r["question_retrieved"] for r in rows) / n if n else 0.0,
+        "unit_recall_at_1": sum(r["unit_hits"] for r in rows) / slots if slots else 0.0,
+        "retrievals_per_question": sum(len(r["retrievals"]) for r in rows) / n if n else 0.0,
+        "misses": sum(misses.values()),
+        "misses_by_reason": dict(sorted(misses.items())),
+    }
+
+
+def evaluate_multihop(
+    model,
+    tokenizer,
+    records: Sequence[MultiHopRecord],
+    index: VectorIndex,
+    setting: Setting,
+    policy: RetrievalPolicy,
+    unit_doc: Callable[[str], str | None],
+    batch_size: int = 8,
+    checkpoint_id: str | None = None,
+    query_encoder: QueryEncoder | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    stats: EngineStats | None = None,
+) -> tuple[list[dict], dict]:
+    """Generate with retrieval for every record; returns (prediction rows, aggregate metrics).
+
+    setting: "distractor" restricts each question's retrievals to its own paragraphs; "open" searches
+    the whole index. unit_doc maps a retrieved unit id to its document id (the index's doc_id)."""
+    if setting not in ("distractor", "open"):
+        raise ValueError(f"setting must be 'distractor' or 'open', got {setting!r}")
+    if policy.mode != "rag":
+        raise ValueError("multi-hop evaluation generates in 'rag' mode")
+    tok = SegmentTokenizer(tokenizer)
+    rows: list[dict] = []
+    for i in range(0, len(records), batch_size):
+        batch = list(records[i:i + batch_size])
+        prompts = [tok.prefix() + tok(question_prompt(r.question)) for r in batch]
+        allowed = [gold_of(r).candidates for r in batch] if setting == "distractor" else None
+        results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
+                           allowed=allowed, query_encoder=query_encoder, stats=stats)
+        rows += [score_example(r, res, unit_doc) for r, res in zip(batch, results)]
+        if on_batch:
+            on_batch(len(batch))
+    return rows, aggregate(rows)
+
+
+def records_by_id(records: Iterable[MultiHopRecord]) -> dict[str, MultiHopRecord]:
+    return {r.id: r for r in records}

@@ -1,0 +1,72 @@
+"""Teacher-forced retrieval quality of [RQ] vs [RD] vectors: Recall@k over each question's own
+candidate units (the distractor setting).
+
+This measures the retrieval half of the model on gold-formatted sequences (the [RQ] sees the gold
+history); the end-to-end figure, where the model's own generation decides what precedes each [RQ],
+belongs to the inference engine's evaluation.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from onegen_core.method.collator import OneGenCollator
+from onegen_core.method.model import OneGenModel, gather_positions
+from onegen_core.method.segments import TrainingExample
+
+
+@torch.no_grad()
+def retrieval_recall(
+    model: OneGenModel,
+    collator: OneGenCollator,
+    examples: Sequence[TrainingExample],
+    batch_size: int = 4,
+    ks: tuple[int, ...] = (1, 5),
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Recall@k of units (top-k holds a positive unit) and Recall@1 of documents (the top-1 unit
+    lies in a document holding a positive), over every [RQ] that has a positive. Queries without one
+    are counted, never dropped silently. Recall@1 is also split into the first [RQ] of a sequence and
+    the later ones: a later [RQ] follows pasted passages, which its vector must look past."""
+    was_training = model.training
+    model.eval()
+    hits = {k: 0 for k in ks}
+    doc_hits = 0
+    n = 0
+    skipped = 0
+    by_hop = {"first": [0, 0], "later": [0, 0]}  # [hits@1, queries]
+    for i in range(0, len(examples), batch_size):
+        batch = collator(list(examples[i:i + batch_size])).to(device)
+        if batch.query_index.shape[0] == 0:
+            continue
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask)  # (n_main, seq, dim)
+        q = F.normalize(gather_positions(hidden, batch.query_index).float(), dim=-1)  # (n_q, dim)
+        d = F.normalize(model.vectors_at(batch.doc_input_ids, batch.doc_attention_mask, batch.doc_index).float(), dim=-1)
+        scores = (q @ d.T).masked_fill(~batch.own_mask, float("-inf"))  # (n_q, n_u)
+        rows = batch.query_index[:, 0].tolist()
+        for r in range(scores.shape[0]):
+            pos = batch.positive_mask[r]
+            if not pos.any():
+                skipped += 1
+                continue
+            n += 1
+            order = scores[r].argsort(descending=True)
+            for k in ks:
+                hits[k] += int(pos[order[:k]].any())
+            hop = by_hop["first" if rows[r] not in rows[:r] else "later"]
+            hop[0] += int(pos[order[0]].item())
+            hop[1] += 1
+            top_doc = batch.unit_docs[int(order[0])]
+            pos_docs = {batch.unit_docs[j] for j in pos.nonzero().flatten().tolist()}
+            doc_hits += int(top_doc in pos_docs)
+    if was_training:
+        model.train()
+    out = {f"recall_at_{k}": hits[k] / n if n else float("nan") for k in ks}
+    out["doc_recall_at_1"] = doc_hits / n if n else float("nan")
+    for name, (h, m) in by_hop.items():
+        out[f"recall_at_1_{name}_rq"] = h / m if m else float("nan")
+    out["queries"] = float(n)
+    out["queries_without_positive"] = float(skipped)
+    return out

@@ -1,0 +1,294 @@
+"""One-pass generation with retrieval: OneGen's inference engine.
+
+Decoding is ordinary autoregressive generation over a KV cache. When a row samples `[RQ]`, the token
+is fed like any generated token; the last-layer hidden state computed for it in that same forward pass
+is the query vector — nothing is re-encoded. The index is searched, and the row continues from the
+same cache with either the retrieved passage (R→G, `mode="rag"`: fed in the next forward pass, as a
+prompt chunk) or `<CON>` (G→R, `mode="link"`: fed together with `[RQ]` in one pass, since `<CON>` does
+not depend on the search).
+
+Rows of a batch retrieve at different steps: each forward pass feeds every active row its pending
+tokens (one sampled token, `[RQ]`(+`<CON>`), or an injected passage), left-padded within the chunk.
+Padding holes stay in the cache but are masked out, and position ids count real tokens only, so every
+row computes exactly what it would compute alone (tests compare with a no-cache forward pass).
+
+Baselines reuse this loop: `query_encoder` replaces the [RQ] hidden state by a separately computed
+vector (GRIT-style re-encoding or a pipeline retriever), and `index=None` with a `paste_without_search`
+gives the no-retrieval lower bound.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onegen_core.inference.index import Hit, VectorIndex, check_checkpoint
+from onegen_core.method.prompts import paste_paragraph
+from onegen_core.method.tokens import SpecialTokenIds
+
+# (row, next-token logits (vocab,), row sequence so far) -> a token id to sample, or a list of ids fed
+# as one chunk without sampling (a user turn in a multi-round dialogue, a passage pasted by a pipeline)
+TokenChooser = Callable[[int, torch.Tensor, list[int]], "int | list[int]"]
+
+
+def default_paste(hit: Hit | None) -> str:
+    """R→G: the passage as training pasted it (`<paragraph>{title}: {text}</paragraph>`); an empty
+    paragraph when nothing was retrievable, so generation still resumes from a GEN position."""
+    return paste_paragraph(hit.title, hit.doc_text) if hit is not None else paste_paragraph("", "")
+
+
+@dataclass
+class RetrievalPolicy:
+    mode: Literal["rag", "link"] = "rag"
+    top_k: int = 1
+    max_retrievals: int = 4  # a row that emits one more [RQ] stops with finish_reason "retrieval_cap"
+    max_new_tokens: int = 128  # tokens the model samples ([RQ] included; injected passages excluded)
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    paste: Callable[[Hit | None], str] = default_paste
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("rag", "link"):
+            raise ValueError(f"mode must be 'rag' or 'link', got {self.mode!r}")
+        if self.top_k < 1 or self.max_retrievals < 0 or self.max_new_tokens < 1:
+            raise ValueError("top_k, max_new_tokens must be >= 1 and max_retrievals >= 0")
+
+
+@dataclass
+class RetrievalEvent:
+    position: int  # index of the [RQ] token in the row's full sequence (prompt + continuation)
+    query_id: int  # row of GenerationResult.query_vectors
+    ids: list[str]
+    scores: list[float]
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    token_ids: list[int]  # continuation: sampled and injected tokens, in order
+    text: str  # continuation decoded with special tokens kept (EOS dropped)
+    retrievals: list[RetrievalEvent]
+    query_vectors: np.ndarray  # (n_retrievals, dim) float32, L2-normalised
+    finish_reason: str  # "eos" | "length" | "retrieval_cap"
+
+
+@dataclass
+class EngineStats:
+    """Exact, noise-free counts of one `generate` call, plus its wall time."""
+
+    forward_passes: int = 0  # decoder calls of the generating model (prefill + feeds)
+    query_encoder_passes: int = 0  # extra passes spent re-encoding queries (0 for OneGen)
+    tokens_processed: int = 0  # real (non-padding) tokens fed to the generating model
+    query_encoder_tokens: int = 0  # tokens fed to re-encode queries
+    searches: int = 0  # query vectors searched
+    seconds: float = 0.0
+    search_seconds: float = 0.0
+
+    def merge(self, other: "EngineStats") -> None:
+        for k, v in other.__dict__.items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass
+class _Row:
+    seq: list[int]  # prompt + continuation fed so far
+    n_prompt: int
+    pending: list[int] = field(default_factory=list)  # tokens to feed next pass
+    injecting: bool = False  # pending is a pasted passage: its logits are not sampled from until fed
+    sampled: int = 0
+    retrievals: list[RetrievalEvent] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    finish: str | None = None
+
+
+def _lm_and_decoder(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    lm = getattr(model, "lm", model)  # accept OneGenModel or a bare *ForCausalLM
+    return lm, lm.get_decoder(), lm.get_output_embeddings()
+
+
+def _choose(logits: torch.Tensor, policy: RetrievalPolicy, gen: torch.Generator) -> int:
+    if not policy.do_sample:
+        return int(logits.argmax())
+    probs = F.softmax(logits.float() / max(policy.temperature, 1e-6), dim=-1)
+    if policy.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < policy.top_p  # smallest set with mass >= top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    index: VectorIndex | None,
+    policy: RetrievalPolicy | None = None,
+    checkpoint_id: str | None = None,
+    allowed: Sequence[Collection[str] | None] | None = None,
+    choose: TokenChooser | None = None,
+    query_encoder: Callable[[list[int], int], np.ndarray] | None = None,
+    paste_without_search: Callable[[int, int], Hit | None] | None = None,
+    stats: EngineStats | None = None,
+) -> list[GenerationResult]:
+    """Generate for a batch of prompts, retrieving whenever a row emits `[RQ]`.
+
+    model: a `*ForCausalLM` (or `OneGenModel`) with the OneGen tokens; index: searched with the [RQ]
+    hidden state (its `checkpoint_id` must equal `checkpoint_id` when given); allowed[i]: ids row i may
+    retrieve (distractor setting). choose: overrides greedy/sampling (benchmarks script the tokens).
+    query_encoder(row, ...) → (dim,) replaces the [RQ] hidden state (baselines; its passes are counted
+    by the caller into `stats.query_encoder_passes`). paste_without_search(row, n) → the hit pasted for
+    the n-th retrieval of `row` without any search (lower bound).
+    """
+    policy = policy or RetrievalPolicy()
+    if index is not None and checkpoint_id is not None:
+        check_checkpoint(index, checkpoint_id)
+    if index is None and paste_without_search is None and policy.max_retrievals > 0 and policy.mode == "rag":
+        raise ValueError("rag generation needs an index (or paste_without_search for the lower bound)")
+    stats = stats if stats is not None else EngineStats()
+    t_start = time.perf_counter()
+    ids = SpecialTokenIds.from_tokenizer(tokenizer)
+    lm, decoder, head = _lm_and_decoder(model)
+    device = next(lm.parameters()).device
+    gen = torch.Generator().manual_seed(policy.seed)
+    rows = [_Row(seq=list(p), n_prompt=len(p)) for p in _prompt_ids(tokenizer, prompts)]
+    if any(r.n_prompt == 0 for r in rows):
+        raise ValueError("empty prompt")
+
+    # Prefill: left-padded prompts, one pass.
+    width = max(r.n_prompt for r in rows)
+    chunk = torch.full((len(rows), width), ids.pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        chunk[b, width - r.n_prompt:] = torch.tensor(r.seq)
+        mask[b, width - r.n_prompt:] = 1
+    cache = None
+    hidden, cache = _forward(decoder, chunk.to(device), mask.to(device), cache, stats)
+    next_logits = head(hidden[:, -1])  # (rows, vocab)
+    attn = mask.to(device)  # (rows, cache length): 1 where the cache holds a real token
+
+    while True:
+        # 1. every active row without pending tokens samples one
+        for b, r in enumerate(rows):
+            if r.finish or r.pending:
+                continue
+            if r.sampled >= policy.max_new_tokens:
+                r.finish = "length"
+                continue
+            t = choose(b, next_logits[b], r.seq) if choose else _choose(next_logits[b], policy, gen)
+            if isinstance(t, (list, tuple)):
+                if not t:
+                    raise ValueError(f"row {b}: the chooser returned an empty chunk")
+                r.pending, r.injecting = list(t), True
+                continue
+            r.sampled += 1
+            if t == ids.eos:
+                r.finish = "eos"
+            elif t == ids.rq:
+                if len(r.retrievals) >= policy.max_retrievals:
+                    r.finish = "retrieval_cap"
+                else:
+                    r.pending = [ids.rq, ids.con] if policy.mode == "link" else [ids.rq]
+            else:
+                r.pending = [t]
+        fed = [b for b, r in enumerate(rows) if r.pending and not r.finish]
+        if not fed:
+            break
+
+        # 2. one forward pass feeds every active row its pending tokens (left-padded within the chunk)
+        width = max(len(rows[b].pending) for b in fed)
+        chunk = torch.full((len(rows), width), ids.pad, dtype=torch.long)
+        cmask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b in fed:
+            p = rows[b].pending
+            chunk[b, width - len(p):] = torch.tensor(p)
+            cmask[b, width - len(p):] = 1
+        attn = torch.cat([attn, cmask.to(device)], dim=1)
+        hidden, cache = _forward(decoder, chunk.to(device), attn, cache, stats)  # (rows, width, dim)
+        next_logits = head(hidden[:, -1])
+
+        # 3. rows that fed [RQ]: its hidden state (already computed) is the query; search once for all
+        queries: list[tuple[int, np.ndarray]] = []
+        for b in fed:
+            r = rows[b]
+            was_query = r.pending[0] == ids.rq and not r.injecting
+            rq_pos = len(r.seq)
+            col = width - len(r.pending)
+            r.seq.extend(r.pending)
+            r.pending, r.injecting = [], False
+            if was_query:
+                if query_encoder is not None:
+                    vec = np.asarray(query_encoder(b, r.seq), dtype=np.float32)
+                else:
+                    vec = F.normalize(hidden[b, col].float(), dim=-1).cpu().numpy()
+                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+                queries.append((b, vec))
+                r.retrievals.append(RetrievalEvent(rq_pos, len(r.vectors), [], []))
+                r.vectors.append(vec)
+        if queries:
+            hits = _search(index, queries, policy, allowed, paste_without_search, rows, stats)
+            for (b, _), row_hits in zip(queries, hits):
+                r = rows[b]
+                ev = r.retrievals[-1]
+                ev.ids, ev.scores = [h.id for h in row_hits], [h.score for h in row_hits]
+                if policy.mode == "rag":
+                    paste = tokenizer(policy.paste(row_hits[0] if row_hits else None), add_special_tokens=False)
+                    r.pending, r.injecting = list(paste["input_ids"]), True
+
+    stats.seconds += time.perf_counter() - t_start
+    results = []
+    for r in rows:
+        cont = r.seq[r.n_prompt:]
+        dim = r.vectors[0].shape[0] if r.vectors else 0
+        results.append(
+            GenerationResult(
+                prompt_ids=r.seq[: r.n_prompt],
+                token_ids=cont,
+                text=tokenizer.decode(cont, skip_special_tokens=False),
+                retrievals=r.retrievals,
+                query_vectors=np.stack(r.vectors) if r.vectors else np.zeros((0, dim), np.float32),
+                finish_reason=r.finish or "length",
+            )
+        )
+    return results
+
+
+def _prompt_ids(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    from onegen_core.method.encoding import SegmentTokenizer
+
+    tok = SegmentTokenizer(tokenizer)
+    return [list(p) if not isinstance(p, str) else tok.prefix() + tok(p) for p in prompts]
+
+
+def _forward(decoder, chunk: torch.Tensor, attn: torch.Tensor, cache, stats: EngineStats):
+    """One decoder pass over `chunk` (rows, width) on top of `cache`; `attn` covers cache + chunk.
+    Position ids count real tokens only, so a row's padding holes do not shift its positions."""
+    width = chunk.shape[1]
+    positions = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, -width:]
+    out = decoder(input_ids=chunk, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
+    stats.forward_passes += 1
+    stats.tokens_processed += int(attn[:, -width:].sum())
+    return out.last_hidden_state, out.past_key_values
+
+
+def _search(index, queries, policy, allowed, paste_without_search, rows, stats) -> list[list[Hit]]:
+    if index is None:
+        out = []
+        for b, _ in queries:
+            hit = paste_without_search(b, len(rows[b].retrievals) - 1) if paste_without_search else None
+            out.append([hit] if hit is not None else [])
+        return out
+    t0 = time.perf_counter()
+    vecs = np.stack([v for _, v in queries])  # (n, dim)
+    allow = [allowed[b] for b, _ in queries] if allowed is not None else None
+    hits = index.search(vecs, policy.top_k, allow)
+    stats.searches += len(queries)
+    stats.search_seconds += time.perf_counter() - t0
+    return hits

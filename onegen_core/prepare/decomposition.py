@@ -1,0 +1,299 @@
+"""LLM decomposition of multi-hop questions into retrieval steps (OneGen App. G.1, Fig. 13): the prompt,
+the answer's schema and its strict parser, and the no-LLM heuristic.
+
+Each HotpotQA/2Wiki training question is shown to an instruction LLM together with its answer and its
+related (supporting) documents; the LLM writes the sub-questions, the document each one needs, the
+sub-answers and the final answer. Those steps become the hops of a training example
+(:class:`onegen_core.prepare.multihop.Hop`, via :func:`to_hops`).
+
+A wrong document reference would silently teach the model to retrieve the wrong passage, so
+:func:`parse_decomposition` rejects, with a countable reason, anything it cannot resolve against the
+record itself. Standard library only: the LLM clients, the append-only answer cache and the runner
+that fans requests out live in ``tasks/`` (annotators, annotation_cache, annotation_runner).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from onegen_core.data.multihop import MultiHopRecord, Paragraph
+
+if TYPE_CHECKING:  # the reconstruction module imports torch: only needed by to_hops, imported there
+    from onegen_core.prepare.multihop import Hop
+
+__all__ = [
+    "DECOMPOSITION_PROMPT",
+    "REJECTION_REASONS",
+    "AnnotationRejected",
+    "Decomposition",
+    "Step",
+    "build_prompt",
+    "heuristic_decomposition",
+    "parse_decomposition",
+    "prompt_documents",
+    "prompt_hash",
+    "to_hops",
+]
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- prompt
+
+# Written from the paper's description of its Fig. 13 prompt (inputs: question, answer, related
+# documents; outputs: sub-questions, the document each needs, sub-answers, final answer); the exact
+# wording of the figure was not available. Tags make the answer machine-checkable; documents are
+# numbered so that a reference is unambiguous even when titles are long or similar.
+DECOMPOSITION_PROMPT = """\
+You are given a multi-hop question, its correct answer, and the documents needed to answer it.
+Decompose the question into the sequence of simpler sub-questions that a reader would answer one \
+after another to reach the answer. Each sub-question must be answerable from exactly one of the \
+documents below; name that document by its number, and give the sub-question's answer as found in \
+that document. Later sub-questions may use the answers of earlier ones. Finish with the final answer \
+to the original question.
+
+Question: {question}
+Answer: {answer}
+
+Documents:
+{documents}
+
+Reply in exactly this format, with one <step> block per sub-question, in the order they are answered, \
+and nothing else:
+<step>
+<sub-question>the sub-question</sub-question>
+<document>[number of the document it needs]</document>
+<sub-answer>its answer</sub-answer>
+</step>
+<final-answer>the final answer</final-answer>"""
+
+
+def prompt_documents(record: MultiHopRecord) -> tuple[Paragraph, ...]:
+    """The related documents shown to the LLM, in the order they are numbered ([1], [2], ...).
+
+    They are the supporting paragraphs, in supporting-facts order: every step must land on a
+    paragraph with gold sentences, or the hop it becomes has no positive to learn from. The parser
+    calls this too, so prompt numbering and reference resolution cannot drift apart.
+    """
+    return tuple(record.paragraph(title) for title in record.supporting_titles())
+
+
+def build_prompt(record: MultiHopRecord) -> str:
+    """The decomposition prompt for one record (documents numbered and titled)."""
+    documents = "\n".join(
+        f"[{number}] {paragraph.title}: {paragraph.text().strip()}"
+        for number, paragraph in enumerate(prompt_documents(record), start=1)
+    )
+    return DECOMPOSITION_PROMPT.format(question=record.question.strip(), answer=record.answer.strip(),
+                                       documents=documents)
+
+
+def prompt_hash(prompt: str, model_name: str) -> str:
+    """A short, stable digest of what was asked and of whom: a changed template, record or model
+    gives a new cache key, so stale answers are never reused."""
+    digest = hashlib.sha256(f"{model_name}\x00{prompt}".encode("utf-8")).hexdigest()
+    return digest[:20]
+
+
+# --------------------------------------------------------------------------- decomposition
+
+
+@dataclass(frozen=True)
+class Step:
+    """One retrieval step: the document it needs and, when an LLM wrote it, its question and answer."""
+
+    sub_question: str | None
+    doc_title: str
+    sub_answer: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sub_question": self.sub_question, "doc_title": self.doc_title, "sub_answer": self.sub_answer}
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "step") -> Step:
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming the field for anything malformed."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+        return cls(
+            sub_question=_optional_text(raw, "sub_question", where),
+            doc_title=_required_text(raw, "doc_title", where),
+            sub_answer=_optional_text(raw, "sub_answer", where),
+        )
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """A question's steps in answering order, and the final answer."""
+
+    example_id: str
+    steps: tuple[Step, ...]
+    final_answer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "example_id": self.example_id,
+            "steps": [step.to_dict() for step in self.steps],
+            "final_answer": self.final_answer,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "decomposition") -> Decomposition:
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming the field for anything malformed."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+        steps = raw.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise ValueError(f"{where}: field 'steps' must be a non-empty array")
+        return cls(
+            example_id=_required_text(raw, "example_id", where),
+            steps=tuple(Step.from_dict(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)),
+            final_answer=_required_text(raw, "final_answer", where),
+        )
+
+
+def _required_text(raw: dict, key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_text(raw: dict, key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: field {key!r} must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def heuristic_decomposition(record: MultiHopRecord) -> Decomposition:
+    """The embedded default, no LLM: one implicit step (no sub-question, no sub-answer) per supporting
+    paragraph in supporting-facts order, and the dataset's answer as final answer."""
+    steps = tuple(Step(sub_question=None, doc_title=title, sub_answer=None) for title in record.supporting_titles())
+    return Decomposition(example_id=record.id, steps=steps, final_answer=record.answer)
+
+
+def to_hops(decomposition: Decomposition, record: MultiHopRecord) -> list[Hop]:
+    """The reconstruction hops of a decomposition: each step's positives are the supporting
+    sentences of its document. (Imports the torch-based reconstruction module only when called.)"""
+    from onegen_core.prepare.multihop import Hop
+
+    hops = []
+    for step in decomposition.steps:
+        sentences = tuple(sorted({f.sentence for f in record.supporting_facts if f.title == step.doc_title}))
+        hops.append(Hop(title=step.doc_title, positive_sentences=sentences,
+                        sub_question=step.sub_question, sub_answer=step.sub_answer))
+    return hops
+
+
+# --------------------------------------------------------------------------- parsing
+
+REJECTION_REASONS: tuple[str, ...] = (
+    "malformed_tags",  # unbalanced <step>…</step>, or a tag repeated inside one step
+    "no_steps",  # no <step> block at all
+    "empty_step",  # a <step> block with nothing in it
+    "missing_sub_question",
+    "missing_document",  # a sub-question without a document
+    "missing_sub_answer",
+    "unknown_document",  # a reference that resolves to no paragraph of the record's context
+    "distractor_document",  # a context paragraph that is not one of the related (supporting) documents
+    "missing_final_answer",
+)
+
+
+class AnnotationRejected(ValueError):
+    """An LLM answer that cannot be used; ``reason`` is one of :data:`REJECTION_REASONS` (counted),
+    ``detail`` says what exactly was wrong."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.detail))
+
+
+_FLAGS = re.IGNORECASE | re.DOTALL
+_STEP_OPEN = re.compile(r"<step>", re.IGNORECASE)
+_STEP_CLOSE = re.compile(r"</step>", re.IGNORECASE)
+_STEP = re.compile(r"<step>(.*?)</step>", _FLAGS)
+_FINAL = re.compile(r"<final-answer>(.*?)</final-answer>", _FLAGS)
+_NUMBERED = re.compile(r"^(?:doc(?:ument)?\s*)?\[?\s*(\d+)\s*\]?\s*[:.\-–]?\s*(.*)$", _FLAGS)
+
+
+def _tag(block: str, name: str, step_no: int) -> str | None:
+    """The stripped content of the one ``<name>`` tag in a step block; None if absent or blank."""
+    found = re.findall(rf"<{name}>(.*?)</{name}>", block, _FLAGS)
+    if len(found) > 1:
+        raise AnnotationRejected("malformed_tags", f"step {step_no} has {len(found)} <{name}> tags")
+    value = found[0].strip() if found else ""
+    return value or None
+
+
+def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> str:
+    """The title a step's ``<document>`` refers to: ``[n]``, ``[n] Title`` or an exact title."""
+    related = prompt_documents(record)
+    titles = [p.title for p in related]
+    cleaned = reference.strip().strip("\"'")
+    for title in titles:  # an exact title wins (titles such as "1984" look like numbers)
+        if cleaned.casefold() == title.casefold():
+            return title
+    if any(p.title.casefold() == cleaned.casefold() for p in record.context):
+        raise AnnotationRejected("distractor_document", f"step {step_no} uses {cleaned!r}, not a related document")
+    numbered = _NUMBERED.match(cleaned)
+    if numbered:
+        number, named = int(numbered.group(1)), numbered.group(2).strip().strip("\"'")
+        if not 1 <= number <= len(related):
+            raise AnnotationRejected("unknown_document",
+                                     f"step {step_no} refers to document [{number}], there are {len(related)}")
+        title = titles[number - 1]
+        if named and named.casefold() != title.casefold():
+            raise AnnotationRejected("unknown_document",
+                                     f"step {step_no}: document [{number}] is {title!r}, not {named!r}")
+        return title
+    raise AnnotationRejected("unknown_document", f"step {step_no} refers to {reference!r}, not in the context")
+
+
+def _parse_step(block: str, record: MultiHopRecord, step_no: int) -> Step:
+    if not block.strip():
+        raise AnnotationRejected("empty_step", f"step {step_no} is empty")
+    sub_question = _tag(block, "sub-question", step_no)
+    reference = _tag(block, "document", step_no)
+    sub_answer = _tag(block, "sub-answer", step_no)
+    if sub_question is None:
+        raise AnnotationRejected("missing_sub_question", f"step {step_no} has no <sub-question>")
+    if reference is None:
+        raise AnnotationRejected("missing_document", f"step {step_no} ({sub_question!r}) has no <document>")
+    if sub_answer is None:
+        raise AnnotationRejected("missing_sub_answer", f"step {step_no} has no <sub-answer>")
+    return Step(sub_question=sub_question, doc_title=_resolve_document(reference, record, step_no),
+                sub_answer=sub_answer)
+
+
+def parse_decomposition(text: str, record: MultiHopRecord) -> Decomposition:
+    """Parse an LLM answer written in the :data:`DECOMPOSITION_PROMPT` format, strictly.
+
+    Text outside the tags (a preamble, a code fence) is ignored; everything inside must be complete
+    and every document reference must resolve to one of the record's related documents. Raises
+    :class:`AnnotationRejected` otherwise.
+    """
+    opened, closed = len(_STEP_OPEN.findall(text)), len(_STEP_CLOSE.findall(text))
+    if opened != closed:
+        raise AnnotationRejected("malformed_tags", f"{opened} <step> but {closed} </step>")
+    blocks = _STEP.findall(text)
+    if not blocks:
+        raise AnnotationRejected("no_steps", "no <step> block")
+    steps = tuple(_parse_step(block, record, k) for k, block in enumerate(blocks, start=1))
+    finals = _FINAL.findall(text)
+    if len(finals) > 1:
+        raise AnnotationRejected("malformed_tags", f"{len(finals)} <final-answer> tags")
+    if not finals or not finals[0].strip():
+        raise AnnotationRejected("missing_final_answer", "no <final-answer>")
+    return Decomposition(example_id=record.id, steps=steps, final_answer=finals[0].strip())
+
+
+# --------------------------------------------------------------------------- backend protocol

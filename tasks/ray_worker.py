@@ -1,0 +1,262 @@
+"""The OneGen training loop on one Ray Train worker, under DeepSpeed (ZeRO-3 by default).
+
+Every rank runs this function. It runs the core's one training loop (`onegen_core.training.loop.run_steps`)
+and passes in what differs under DeepSpeed:
+- DeepSpeed owns the optimizer step, gradient averaging, clipping and the sharded state;
+- losses are normalised by *global* counts (GEN tokens and micro-batches of the whole step, summed
+  over ranks), so the summed loss and the gradient equal those of one process on the same batch;
+- every rank makes the same module calls per micro-batch (`OneGenModel.agree_calls`), because
+  ZeRO-3 gathers each layer's weights with a collective on every call;
+- checkpoints hold DeepSpeed's sharded state (optimizer, scheduler, weights), each rank's RNG and
+  a Hugging Face copy of the full weights; they are reported through `ray.train.report`, so Ray
+  restores the latest after a crash (`FailureConfig`) or a re-run of the same run;
+- rank 0 alone logs to MLflow and writes the step history.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("onegen.train_worker")
+
+STATE_FILE = "state.json"
+HF_DIR = "hf"
+DS_DIR = "deepspeed"
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    from onegen_core.config import Params, from_dict
+    from onegen_core.evaluation.retrieval import retrieval_recall
+    from onegen_core.method.collator import OneGenCollator
+    from onegen_core.method.model import OneGenModel
+    from onegen_core.training.dataset import load_examples
+    from onegen_core.training.loop import StepMetrics, StepOps, make_optimizer, run_steps, step_budget
+    from onegen_core.training.schedule import lr_at
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    p: Params = from_dict(Params, config["params"])
+    torch.set_num_threads(p.distributed.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    t_cfg = p.train
+
+    train_ex = load_examples(config["train_file"], p.train_data.tasks, p.train_data.max_examples_per_task)
+    val_ex = load_examples(config["val_file"], p.train_data.tasks)
+    if p.train_data.val_max_examples:
+        val_ex = val_ex[:p.train_data.val_max_examples]
+    total, warmup = step_budget(len(train_ex), t_cfg, world)
+
+    torch.manual_seed(t_cfg.seed)
+    lm, tokenizer, special = build_lm(config, p)
+    model = OneGenModel(lm, p.loss)
+    collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
+    eval_collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
+
+    if p.lora.enabled and config["ds_config"].get("zero_optimization", {}).get("stage", 0) == 3:
+        _register_token_adapter_weights(lm)
+    optimizer = make_optimizer(model, t_cfg)
+    # the lr of step s is lr_at(s): DeepSpeed steps this scheduler once per optimizer step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, total, t_cfg.lr, warmup, t_cfg.min_lr_ratio, t_cfg.schedule) / t_cfg.lr
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=config["ds_config"])
+    zero3 = engine.zero_optimization_partition_weights()
+    if world > 1:
+        model.agree_calls = _all_reduce_max
+
+    step = 0
+    restored = ray.train.get_checkpoint()
+    if restored is None and config.get("resume_dir"):
+        restored = ray.train.Checkpoint(config["resume_dir"])  # a checkpoint chosen on request
+    if restored is not None:
+        with restored.as_directory() as d:
+            step = load_state(engine, Path(d), rank)
+        log.info("rank %d resumed at step %d from %s", rank, step, restored.path)
+
+    from tasks.tracking import StepLogger
+
+    tracker = StepLogger(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
+    history = Path(config["history_path"]) if rank == 0 else None
+    bar = None
+    if rank == 0:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total, desc=f"train ({world} workers)", position=0)
+        bar.update(step)
+
+    def validate(at_step: int) -> dict[str, float]:
+        # every rank runs the same examples: identical module calls, as ZeRO-3 needs
+        r = retrieval_recall(engine.module, eval_collator, val_ex, batch_size=t_cfg.batch_size)
+        return {f"val/{k}": v for k, v in r.items()}
+
+    if step == 0:
+        v = validate(0)
+        if tracker:
+            tracker.log(v, 0)
+            _append(history, {"step": 0, **v})
+
+    world_f = float(world)
+
+    def backward(loss: torch.Tensor) -> None:
+        # DeepSpeed averages gradients over ranks; each rank's loss is its share of the global loss
+        # (global normalisers), so scale by the world size to get the gradient of the sum. Its engine
+        # steps at the accumulation boundary, with the lr its scheduler sets.
+        engine.backward(loss * world_f, scale_wrt_gas=False)
+        engine.step()
+
+    def read_norm(_: int, __: float) -> float:
+        norm = engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def on_step(m: StepMetrics) -> None:
+        done = m.step + 1
+        last = done == total
+        metrics = {k: getattr(m, k) for k in ("loss", "lm_loss", "retrieval_loss", "pair_accuracy", "lr",
+                                              "tokens_per_s", "grad_norm")}
+        metrics["epoch"] = float(m.epoch)
+        if bar:
+            bar.update(1)
+        if done % p.train_data.eval_every == 0 or last:
+            metrics.update(validate(done))
+        if tracker:
+            tracker.log(metrics, done)
+            _append(history, {"step": done, **metrics})
+            if done % t_cfg.log_every == 0 or last or done == 1:
+                log.info("step %d/%d loss %.4f lm %.4f ret %.4f acc %.3f lr %.2e tok/s %.0f", done, total,
+                         metrics["loss"], metrics["lm_loss"], metrics["retrieval_loss"], metrics["pair_accuracy"],
+                         metrics["lr"], metrics["tokens_per_s"])
+        if done % p.distributed.checkpoint_every == 0 or last:
+            report_checkpoint(engine, lm, tokenizer, config, p, done, total, metrics, rank, zero3, special)
+            if p.distributed.fail_at_step == done and rank == world - 1:
+                _crash_once(Path(config["fail_marker"]), done)
+        else:
+            ray.train.report({"step": done, **metrics})
+
+    ops = StepOps(backward=backward, step=read_norm, all_reduce_sum=_all_reduce_sum)
+    run_steps(engine, train_ex, collator, t_cfg, ops, start_step=step, rank=rank, world_size=world, on_step=on_step)
+    if bar:
+        bar.close()
+    dist.barrier()
+
+
+def build_lm(config: dict[str, Any], p):
+    """The backbone every rank starts from: the run's init checkpoint (tiny: trained tokenizer +
+    seeded weights) or the pretrained model, with the OneGen tokens; LoRA-wrapped on request."""
+    from onegen_core.method.backbone import load_pretrained
+    from onegen_core.method.lora import apply_lora
+    from onegen_core.method.tokens import SPECIAL_TOKENS
+
+    lm, tokenizer, ids = load_pretrained(config["init_dir"], p.backbone)
+    special = [ids[t] for t in SPECIAL_TOKENS]
+    if p.lora.enabled:
+        lm = apply_lora(lm, p.lora, special)
+    return lm, tokenizer, special
+
+
+def _register_token_adapter_weights(lm) -> None:
+    """peft's trainable-token layers read their base layer's weight and their own token deltas (held
+    in a ParameterDict, a child module that is never called) inside their forward; ZeRO-3 only
+    gathers a weight around its owner's forward, so tell it the wrapper uses those weights too."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    for module in lm.modules():
+        if type(module).__name__ == "TrainableTokensLayer":
+            register_external_parameter(module, module.base_layer.weight)
+            for delta in module.trainable_tokens_delta.parameters():
+                register_external_parameter(module, delta)
+
+
+def report_checkpoint(engine, lm, tokenizer, config, p, step, total, metrics, rank, zero3, special) -> None:
+    """Write this rank's part of the checkpoint to a local dir and report it; Ray merges the ranks'
+    dirs into one checkpoint directory in storage."""
+    import ray.train
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="onegen-ckpt-") as tmp:
+        d = Path(tmp)
+        tag = f"step{step}"
+        engine.save_checkpoint(str(d / DS_DIR), tag=tag, client_state={"step": step})
+        save_file({"cpu": torch.get_rng_state()}, str(d / f"rng_rank{rank}.safetensors"))
+        full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+        if rank == 0:
+            save_hf(lm, tokenizer, full, d / HF_DIR, config, p, step, special)
+            (d / STATE_FILE).write_text(json.dumps({"step": step, "total_steps": total, "tag": tag,
+                                                     "run_name": config["run_name"]}))
+        ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def save_hf(lm, tokenizer, full: dict[str, torch.Tensor], out: Path, config, p, step: int, special) -> None:
+    """The full weights in Hugging Face format (LoRA merged in), loadable with from_pretrained."""
+    from onegen_core.method.backbone import load_pretrained, save_checkpoint
+    from onegen_core.method.lora import apply_lora, merged
+
+    state = {k[len("lm."):]: v for k, v in full.items() if k.startswith("lm.")}
+    meta = {"backbone": p.backbone.name, "tokenizer": "bpe-trained" if p.backbone.is_tiny() else "pretrained",
+            "step": step, "run_name": config["run_name"], "lora": p.lora.enabled}
+    if p.lora.enabled:
+        # rebuild the peft model on CPU with the trained values, then fold the adapters in
+        base, _, _ = load_pretrained(config["init_dir"], p.backbone)
+        peft_lm = apply_lora(base, p.lora, special)
+        peft_lm.load_state_dict(state, strict=True)
+        save_checkpoint(merged(peft_lm), tokenizer, out, meta)
+    else:
+        save_checkpoint(lm, tokenizer, out, meta, state_dict=state)
+
+
+def load_state(engine, d: Path, rank: int) -> int:
+    from safetensors.torch import load_file
+
+    state = json.loads((d / STATE_FILE).read_text())
+    path, client = engine.load_checkpoint(str(d / DS_DIR), tag=state["tag"])
+    if path is None:
+        raise RuntimeError(f"{d}: DeepSpeed could not load tag {state['tag']}")
+    rng = d / f"rng_rank{rank}.safetensors"
+    if rng.exists():
+        torch.set_rng_state(load_file(str(rng))["cpu"])
+    return int(client["step"])
+
+
+def _append(path: Path | None, row: dict) -> None:
+    if path is None:
+        return
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _all_reduce_max(n: int) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def _crash_once(marker: Path, step: int) -> None:
+    """Testing the recovery path: the process dies as if the node were lost (SIGKILL, no cleanup)."""
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(step))
+    log.warning("distributed.fail_at_step=%d: killing this worker", step)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,215 @@
+"""The one MLflow adapter: where runs are stored, the experiment, opening and continuing runs, logging
+metrics, params and artifacts. The train and evaluate stages, the Ray worker and the Prefect flows all
+go through it, so a tracking setting is resolved in one place.
+
+Settings (params `mlflow.*`): `tracking_uri` (a relative sqlite path or a bare path resolves against the
+project directory, because Ray workers and DVC run elsewhere), `artifact_location` (a URI as is, a path
+resolved against the project, '' = the tracking server's default), `experiment`.
+A caller (the Prefect flows) may pass ONEGEN_MLFLOW_PARENT_RUN_ID, which nests a stage's run under
+its run, and ONEGEN_MLFLOW_TAGS, a JSON object of extra tags.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("onegen.tracking")
+
+PARENT_RUN_ENV = "ONEGEN_MLFLOW_PARENT_RUN_ID"
+TAGS_ENV = "ONEGEN_MLFLOW_TAGS"
+# MLflow 3 opens an experiment in its GenAI view (traces) unless it is tagged as model development
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def tracking_uri(uri: str, root: str | Path | None = None) -> str:
+    """params `mlflow.tracking_uri` with a relative sqlite path (or a bare path, which becomes a sqlite
+    store) resolved against `root` (default: the current directory)."""
+    base = Path(root) if root is not None else Path.cwd()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return "sqlite:///" + str((base / uri).resolve())
+    return uri
+
+
+def artifact_location(loc: str, root: str | Path | None = None) -> str | None:
+    """params `mlflow.artifact_location`: a URI as is, a path resolved against `root`, '' = None (the
+    tracking server's default)."""
+    if not loc:
+        return None
+    if _URI_SCHEME.match(loc):
+        return loc
+    return ((Path(root) if root is not None else Path.cwd()) / loc).resolve().as_uri()
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client, name: str, loc: str | None) -> str:
+    """The experiment's id, created (with `loc` as artifact root) when missing, and tagged so that the
+    MLflow UI opens it on its runs table, where metrics are compared."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=loc,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # created meanwhile by another stage
+            exp = client.get_experiment_by_name(name)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def env_tags() -> dict[str, str]:
+    """Extra tags a caller passes in ONEGEN_MLFLOW_TAGS (a JSON object)."""
+    raw = os.environ.get(TAGS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{TAGS_ENV} must be a JSON object of tags: {e}") from None
+    if not isinstance(tags, dict):
+        raise ValueError(f"{TAGS_ENV} must be a JSON object of tags")
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+def env_parent_run() -> str:
+    return os.environ.get(PARENT_RUN_ENV, "").strip()
+
+
+def caller_env(parent_run_id: str | None, tags: dict[str, Any] | None) -> dict[str, str]:
+    """The environment a caller sets for a stage so the stage's run nests under `parent_run_id`."""
+    env: dict[str, str] = {}
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
+    if tags:
+        env[TAGS_ENV] = json.dumps({k: str(v) for k, v in tags.items()})
+    return env
+
+
+def git_state(root: str | Path | None = None) -> dict[str, str]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git.commit": "unknown"}
+
+
+def dvc_hashes(lock: str | Path = "dvc.lock", stages: Iterable[str] = ("prepare", "annotate", "label")) -> dict[str, str]:
+    """md5 of every output DVC recorded for `stages`: the data lineage of a run."""
+    import yaml
+
+    path = Path(lock)
+    if not path.is_file():
+        return {}
+    recorded = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    out = {}
+    for name in stages:
+        for o in recorded.get(name, {}).get("outs", []) or []:
+            if "md5" in o:
+                out[f"dvc.{o['path']}"] = o["md5"]
+    return out
+
+
+def log_params(client, run_id: str, params: dict[str, Any], limit: int = 6000) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:limit]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # the store takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Finite metrics only (NaN marks 'not measured' in our step figures)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])
+
+
+def new_run(client, exp_id: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+    """A new run with `tags` (and the caller's ONEGEN_MLFLOW_PARENT_RUN_ID / TAGS); returns its id."""
+    tags = {**{k: str(v)[:5000] for k, v in tags.items()}, **env_tags()}
+    parent = env_parent_run()
+    if parent and "mlflow.parentRunId" not in tags:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    if params:
+        log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def continue_run(client, run_id: str) -> bool:
+    """Mark a recorded run RUNNING again (a resume), re-applying the caller's tags and parent; False if
+    the run is gone from the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        prev = client.get_run(run_id)
+    except MlflowException:
+        return False
+    client.update_run(run_id, status="RUNNING")
+    for k, v in env_tags().items():
+        client.set_tag(run_id, k, v)
+    parent = env_parent_run()
+    if parent and prev.data.tags.get("mlflow.parentRunId") != parent:
+        client.set_tag(run_id, "mlflow.parentRunId", parent)  # the caller now running it
+    return True
+
+
+def finish_run(client, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)
+
+
+def register_model(client, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
+    """A new version of registered model `name` from the run's `artifact_path`; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered: add a version
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    log.info("registered %s version %s (%s)", name, mv.version, source)
+    return str(mv.version)
+
+
+def run_location(uri: str, exp_id: str, run_id: str) -> str:
+    """Where to look at a run: the server URL, or how to open the UI over a local store."""
+    view = f"#/experiments/{exp_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{view}"
+    return f"run {run_id} in {uri}; `onegen ui` then http://127.0.0.1:5000/{view}"
+
+
+class StepLogger:
+    """Rank 0's logger of step metrics into a run the driver opened."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = client_for(uri)
+        self.run_id = run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
