@@ -1,21 +1,30 @@
-"""Training throughput: one OneGen step vs one plain SFT step (λr = 0) on the same batch.
+"""CPU training recipes side by side: tokens/s and validation Recall@1 per minute of training, one run.
 
-Both steps run forward + backward + AdamW on the same collated batch of HotpotQA training examples
-(reconstructed from the shared sample) with the embedded tiny backbone of params.yaml:
-- SFT: the main sequences only (with λr = 0 the model never encodes the documents);
-- OneGen: the main sequences plus every document of the batch (`{document} [RD]`), BPR/InfoNCE on
-  the [RQ]/[RD] vectors.
-OneGen processes more tokens (the documents), so the fair question is what it costs *beyond* them:
-  tokens/s ratio = SFT tokens/s ÷ OneGen tokens/s, where OneGen's tokens include the documents'
-(1.0 = OneGen processes a token as fast as SFT; the goal is ≤ 1.15). Below 1 means a document token
-is cheaper than a main token (documents have no LM head over the vocabulary). Rounds alternate SFT and OneGen and the fastest of each is kept (this
-machine is noisy); the figures come from one run. Writes metrics/train_throughput.json.
+Every recipe starts from the same backbone (params `backbone.name`) and trains on the same examples of the
+label stage's `train.jsonl` (params `train_data.tasks`) for the same wall-clock budget, in this process,
+with the one training loop (`onegen_core.training.loop.run_steps`). Then the teacher-forced Recall@1 of
+its [RQ] vectors over each question's own units is measured on the label stage's validation split
+(`val.jsonl`, multi-hop examples), never on held-out questions. Recipes:
 
-    python -m bench.train_throughput [--rounds 5] [--batch 4] [--out metrics]
+- `full`: every layer trains;
+- `lora`: peft adapters on every projection, the OneGen token rows trainable;
+- `top8`, `top4`: only the top K decoder layers train; the frozen layers' output is computed once per
+  sequence and cached (`train.trainable_layers`), so the first epoch pays a forward pass and later
+  epochs run K layers;
+- `top4-fewer-docs`: top4 with at most 2 distractor paragraphs per question (fewer negative units);
+- `top4-bucketed`: top4 with length bucketing (`train.length_bucketing`).
+
+Tokens/s counts real (non-padding) tokens of main and document rows per second of training, cache
+filling included; Recall@1 per minute is (after - before) / minutes trained. This machine is noisy and
+the recipes run one after another, so ratios between recipes carry the noise of a single run: figures
+are reported as measured, with the steps each recipe completed.
+
+    python -m bench.train_throughput [--minutes 5] [--recipes full top4 …] [-S key=value …] [--out metrics]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -23,91 +32,131 @@ from pathlib import Path
 
 import torch
 
-from onegen_core.config import load_params
-from onegen_core.data import load_hotpotqa
-from onegen_core.method.backbone import build_tiny_backbone, train_bpe_tokenizer
+from onegen_core.config import LoraSettings, load_params, parse_overrides
+from onegen_core.evaluation.retrieval import retrieval_recall
+from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
-from onegen_core.method.tokens import add_special_tokens
-from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
-from onegen_core.training.dataset import tokenizer_texts
+from onegen_core.method.segments import TrainingExample
+from onegen_core.training.dataset import load_examples
+from onegen_core.training.loop import StepOps, compute_precision, local_ops, make_optimizer, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("full", "lora", "top8", "top4", "top4-fewer-docs", "top4-bucketed")
 
 
-def timed_step(model: OneGenModel, batch, opt: torch.optim.Optimizer, seed: int) -> float:
-    t0 = time.perf_counter()
-    out = model(batch, generator=torch.Generator().manual_seed(seed))
-    out.loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+class _OutOfTime(Exception):
+    pass
+
+
+def fewer_docs(ex: TrainingExample, keep_distractors: int) -> TrainingExample:
+    """The example with at most `keep_distractors` paragraphs that hold no positive of any query."""
+    gold = {u for q in ex.queries for u in q.positives}
+    docs, extra = [], 0
+    for d in ex.documents:
+        if set(d.unit_ids()) & gold:
+            docs.append(d)
+        elif extra < keep_distractors:
+            docs.append(d)
+            extra += 1
+    kept = {u for d in docs for u in d.unit_ids()}
+    queries = tuple(dataclasses.replace(q, negatives=tuple(u for u in q.negatives if u in kept)) for q in ex.queries)
+    return dataclasses.replace(ex, documents=tuple(docs), queries=queries)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hotpotqa" / "train_sample.json"))
-    ap.add_argument("--batch", type=int, default=4, help="examples in the batch")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating SFT/OneGen rounds (fastest kept)")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per recipe (wall clock)")
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    ap.add_argument("--train-examples", type=int, default=0, help="train on at most this many examples (0 = all)")
+    ap.add_argument("--val-examples", type=int, default=32, help="multi-hop validation examples")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "metrics"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    p = load_params(args.params)
+    p = load_params(args.params, parse_overrides(args.set))
+    t_cfg = p.train
+    train_ex = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.max_examples_per_task)
+    if args.train_examples:
+        train_ex = train_ex[:args.train_examples]
+    val_ex = load_examples(p.train_data.val_file, ["multihop"])[:args.val_examples]
+    base, tok, ids = load_pretrained(p.backbone.name, p.backbone)
+    col = OneGenCollator(tok, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
+    eval_col = OneGenCollator(tok, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
 
-    recs = load_hotpotqa(args.data)[:args.batch]
-    examples = [reconstruct_multihop(r, hops_from_supporting_facts(r), p.reconstruct, 0) for r in recs]
-    tok = train_bpe_tokenizer(tokenizer_texts(examples, []), p.tokenizer.vocab_size, p.tokenizer.min_frequency)
-    add_special_tokens(tok)
-    batch = OneGenCollator(tok, p.train.max_length, p.train.max_doc_length, p.loss.share_negatives)(examples)
-    main_tokens = int(batch.attention_mask.sum())
-    doc_tokens = int(batch.doc_attention_mask.sum())
+    def recall(model: OneGenModel) -> float:
+        model.eval()
+        with compute_precision(t_cfg.autocast):
+            r = retrieval_recall(model, eval_col, val_ex, batch_size=t_cfg.batch_size)
+        model.train()
+        return r["recall_at_1"]
 
-    def make(lambda_r: float) -> tuple[OneGenModel, torch.optim.Optimizer]:
-        lm = build_tiny_backbone(p.backbone.tiny, len(tok), seed=0)
-        model = OneGenModel(lm, dataclasses.replace(p.loss, lambda_r=lambda_r)).train()
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t0 = time.perf_counter()
+    before = recall(OneGenModel(base, p.loss))
+    print(f"untrained: validation Recall@1 {before:.3f} ({len(val_ex)} examples, {time.perf_counter() - t0:.0f} s)",
+          flush=True)
+    results: dict[str, dict] = {}
+    for name in args.recipes:
+        lm = copy.deepcopy(base)
+        # a constant lr (no warm-up, no decay): the budget is wall-clock time, not a number of steps
+        examples, cfg = train_ex, dataclasses.replace(t_cfg, trainable_layers=0, length_bucketing=False, epochs=1000,
+                                                      max_steps=0, warmup_ratio=0.0, min_lr_ratio=1.0)
+        if name == "lora":
+            from onegen_core.method.lora import apply_lora
+            from onegen_core.method.tokens import SPECIAL_TOKENS
 
-    sft, sft_opt = make(0.0)
-    onegen, og_opt = make(p.loss.lambda_r or 1.0)
-    timed_step(sft, batch, sft_opt, 0)  # warm-up: allocator, kernels
-    timed_step(onegen, batch, og_opt, 0)
-    t_sft, t_og = [], []
-    for r in range(args.rounds):
-        t_sft.append(timed_step(sft, batch, sft_opt, r))
-        t_og.append(timed_step(onegen, batch, og_opt, r))
-    s, o = min(t_sft), min(t_og)
-    sft_tps = main_tokens / s
-    og_tps = (main_tokens + doc_tokens) / o
-    result = {
-        "batch_examples": len(examples),
-        "main_tokens": main_tokens,
-        "doc_tokens": doc_tokens,
-        "documents": int(batch.doc_input_ids.shape[0]),
-        "rounds": args.rounds,
-        "sft_step_s": s,
-        "onegen_step_s": o,
-        "sft_tokens_per_s": sft_tps,
-        "onegen_tokens_per_s": og_tps,
-        "tokens_per_s_ratio_sft_over_onegen": sft_tps / og_tps,
-        "step_time_ratio_onegen_over_sft": o / s,
-        "goal_tokens_per_s_ratio_at_most": 1.15,
-        "loss": p.loss.kind,
-        "lambda_r": p.loss.lambda_r,
-        "threads": args.threads,
-    }
-    print(f"batch of {len(examples)} examples: {main_tokens} main tokens, {doc_tokens} document tokens "
-          f"({result['documents']} documents)")
-    print(f"SFT (λr=0)  step {s:.3f} s  {sft_tps:,.0f} tokens/s")
-    print(f"OneGen      step {o:.3f} s  {og_tps:,.0f} tokens/s (main + documents)")
-    print(f"tokens/s ratio SFT/OneGen = {result['tokens_per_s_ratio_sft_over_onegen']:.3f} (goal ≤ 1.15); "
-          f"step-time ratio OneGen/SFT {result['step_time_ratio_onegen_over_sft']:.2f} "
-          f"(the batch has {doc_tokens / main_tokens:.1f}x as many document tokens as main tokens)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+            lm = apply_lora(lm, LoraSettings(enabled=True), [ids[t] for t in SPECIAL_TOKENS])
+        model = OneGenModel(lm, p.loss)
+        if name.startswith("top"):
+            k = int(name[3])
+            cfg = dataclasses.replace(cfg, trainable_layers=k, length_bucketing=name.endswith("bucketed"))
+            model.train_top_layers(k, torch.bfloat16 if cfg.autocast == "bfloat16" else torch.float32)
+        if name.endswith("fewer-docs"):
+            examples = [fewer_docs(e, 2) if e.task == "multihop" else e for e in train_ex]
+        model.train()
+        ops = local_ops(model, make_optimizer(model, cfg), cfg)
+        budget = args.minutes * 60
+        start = time.perf_counter()
+        steps, tokens = [], [0]
+
+        def on_step(m, steps=steps, tokens=tokens, start=start, budget=budget):
+            steps.append(m)
+            tokens[0] += m.tokens
+            if time.perf_counter() - start > budget:
+                raise _OutOfTime
+
+        try:
+            run_steps(model, examples, col, cfg, StepOps(ops.backward, ops.step), on_step=on_step)
+        except _OutOfTime:
+            pass
+        seconds = time.perf_counter() - start
+        after = recall(model)
+        results[name] = {
+            "steps": len(steps), "seconds": round(seconds, 1), "tokens": tokens[0],
+            "tokens_per_s": tokens[0] / seconds, "recall_at_1_before": before, "recall_at_1_after": after,
+            "recall_at_1_gain_per_minute": (after - before) / (seconds / 60),
+            "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+            "lm_loss_last": steps[-1].lm_loss if steps else float("nan"),
+            "retrieval_loss_last": steps[-1].retrieval_loss if steps else float("nan"),
+            "cache_sequences": len(model.lower_cache) if model.lower_cache else 0,
+        }
+        r = results[name]
+        print(f"{name:>16}: {r['steps']:4d} steps in {r['seconds']:.0f} s, {r['tokens_per_s']:7.0f} tokens/s, "
+              f"Recall@1 {before:.3f} -> {after:.3f} ({r['recall_at_1_gain_per_minute']:+.4f}/min), "
+              f"{r['trainable_parameters'] / 1e6:.1f}M trainable", flush=True)
+        del model, lm
+    ref = results.get("full")
+    if ref:
+        for r in results.values():
+            r["tokens_per_s_ratio_over_full"] = r["tokens_per_s"] / ref["tokens_per_s"]
+    out = {"backbone": p.backbone.name, "autocast": t_cfg.autocast, "minutes_per_recipe": args.minutes,
+           "train_examples": len(train_ex), "validation_examples": len(val_ex), "batch_size": t_cfg.batch_size,
+           "loss": p.loss.kind, "lr": t_cfg.lr, "threads": args.threads, "recipes": results}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "train_throughput.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ names the key (`train.lr: expected float, got str 'fast'`). Derived values are m
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,10 +18,68 @@ from typing import Any, Literal
 import yaml
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,  # noqa: A002 - argparse's name
+       le: float | None = None, lt: float | None = None) -> Any:
+    """A field with its help text and, for numbers, its range (`ge`/`gt`/`le`/`lt`), which the section's
+    `__post_init__` checks (`_Section`) and the help text states."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": f"{help} [{_describe(bounds)}]" if bounds else help, "range": bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _describe(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{_OPS[k][0]} {b:g}" for k, b in bounds.items())
+
+
+def _section_of(obj: Any) -> str:
+    """The dotted params key of a section object (`train`, `backbone.tiny`), for error messages."""
+    def walk(cls: type, prefix: str) -> str | None:
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls).get(f.name)
+            if dataclasses.is_dataclass(tp):
+                key = f"{prefix}{f.name}"
+                if tp is type(obj):
+                    return key
+                found = walk(tp, key + ".")
+                if found:
+                    return found
+        return None
+
+    return walk(Params, "") or type(obj).__name__
+
+
+def check_ranges(obj: Any) -> None:
+    """Every float of a section is finite (NaN would switch a `>` gate off, inf would overflow later) and
+    every number lies in its field's range; the error names the key (`train.batch_size must be >= 1`)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{_section_of(obj)}.{f.name} must be a finite number (got {v!r})")
+        bounds = f.metadata.get("range") or {}
+        if not bounds or isinstance(value, bool):
+            continue
+        for v in items:
+            if not isinstance(v, (int, float)):
+                continue
+            for k, b in bounds.items():
+                if not _OPS[k][1](v, b):
+                    raise ConfigError(f"{_section_of(obj)}.{f.name} must be {_describe(bounds)} (got {v!r})")
+
+
+class _Section:
+    """Base of the section dataclasses: construction checks every range (`check_ranges`), whether the
+    object comes from params.yaml or from code."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 _YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\Z")
@@ -49,19 +108,24 @@ class ConfigError(ValueError):
     pass
 
 
+#: The tasks a training example can belong to (`TrainingExample.task`, `train_data.tasks`).
+TASKS: tuple[str, ...] = ("multihop", "entity_linking", "selfrag")
+
+
 @dataclass
-class TinyBackboneConfig:
+class TinyBackboneConfig(_Section):
     architecture: Literal["qwen2", "llama"] = _f("qwen2", "decoder family of the embedded tiny model")
-    hidden_size: int = _f(256, "model width")
-    intermediate_size: int = _f(688, "MLP width")
-    num_layers: int = _f(4, "decoder layers")
-    num_heads: int = _f(4, "attention heads")
-    num_kv_heads: int = _f(2, "key/value heads (grouped-query attention)")
-    max_position_embeddings: int = _f(4096, "longest sequence the rotary embedding is set up for")
+    hidden_size: int = _f(256, "model width", ge=1)
+    intermediate_size: int = _f(688, "MLP width", ge=1)
+    num_layers: int = _f(4, "decoder layers", ge=1)
+    num_heads: int = _f(4, "attention heads", ge=1)
+    num_kv_heads: int = _f(2, "key/value heads (grouped-query attention)", ge=1)
+    max_position_embeddings: int = _f(4096, "longest sequence the rotary embedding is set up for", ge=1)
     tie_word_embeddings: bool = _f(True, "share input and output embeddings")
-    attention_dropout: float = _f(0.0, "dropout on attention weights (a regulariser for a model trained from scratch)")
+    attention_dropout: float = _f(0.0, "dropout on attention weights (a regulariser for a model trained from scratch)", ge=0, lt=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ranges first: num_kv_heads = 0 is a range error, not a ZeroDivisionError
         if self.hidden_size % self.num_heads:
             raise ConfigError("backbone.tiny.hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:
@@ -69,10 +133,12 @@ class TinyBackboneConfig:
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(_Section):
     name: str = _f("tiny", "'tiny' (built from `tiny` + a BPE trained on the corpus), a HF model id, or a local path")
     tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig, metadata={"help": "the embedded tiny model"})
-    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype while training (keep float32 with AdamW unless DeepSpeed keeps fp32 master weights: distributed.bf16)")
+    inference_dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype of a trained checkpoint when it encodes, is evaluated or serves (bfloat16: about twice as fast on CPUs with AVX512-BF16, vectors within bf16 rounding)")
+    chat_template: Literal["auto", "none"] = _f("auto", "auto: wrap the prompt of every example (training and inference alike) in the tokenizer's chat template when it has one (instruct backbones); none: plain text")
     attn_implementation: str = _f("sdpa", "transformers attention implementation (sdpa, eager, flash_attention_2)")
 
     def is_tiny(self) -> bool:
@@ -80,55 +146,55 @@ class BackboneConfig:
 
 
 @dataclass
-class TokenizerConfig:
-    vocab_size: int = _f(8000, "BPE vocabulary size of the tokenizer trained for the tiny backbone")
-    min_frequency: int = _f(2, "minimum pair frequency for a BPE merge")
+class TokenizerConfig(_Section):
+    vocab_size: int = _f(8000, "BPE vocabulary size of the tokenizer trained for the tiny backbone (its byte alphabet and EOS/PAD need 258)", ge=258)
+    min_frequency: int = _f(2, "minimum pair frequency for a BPE merge", ge=1)
     corpus: list[str] = _f([], "extra text files (JSON passages {title, text}) the BPE is trained on, besides the training questions")
 
 
 @dataclass
-class ReconstructConfig:
+class ReconstructConfig(_Section):
     query_style: Literal["implicit", "explicit"] = _f("implicit", "multi-hop: [RQ] right after the context ('The question is:'), or after a written sub-question")
     use_loc: bool = _f(False, "wrap an explicit sub-question in <LOC>…</LOC>")
     granularity: Literal["sentence", "document"] = _f("sentence", "one [RD] per sentence or per paragraph")
-    max_negative_paragraphs: int = _f(8, "multi-hop: distractor paragraphs kept per question (their units are negatives)")
+    max_negative_paragraphs: int = _f(8, "multi-hop: distractor paragraphs kept per question (their units are negatives)", ge=0)
 
 
 @dataclass
-class LossConfig:
+class LossConfig(_Section):
     kind: Literal["bpr", "info_nce"] = _f("bpr", "retrieval loss")
-    lambda_g: float = _f(1.0, "weight of the next-token loss")
-    lambda_r: float = _f(1.0, "weight of the retrieval loss")
-    temperature: float = _f(0.05, "InfoNCE temperature")
+    lambda_g: float = _f(1.0, "weight of the next-token loss", ge=0)
+    lambda_r: float = _f(1.0, "weight of the retrieval loss", ge=0)
+    temperature: float = _f(0.05, "InfoNCE temperature", gt=0)
     in_batch: bool = _f(False, "InfoNCE: other queries' positives as extra negatives")
-    positives_per_query: int = _f(2, "positives sampled per [RQ]")
-    negatives_per_positive: int = _f(8, "negatives sampled per positive")
+    positives_per_query: int = _f(2, "positives sampled per [RQ]", ge=1)
+    negatives_per_positive: int = _f(8, "negatives sampled per positive", ge=0)
     share_negatives: bool = _f(True, "units of the other examples in the batch are negatives too")
 
     def __post_init__(self) -> None:
-        if self.lambda_g < 0 or self.lambda_r < 0:
-            raise ConfigError("loss.lambda_g and loss.lambda_r must be >= 0")
-        if self.temperature <= 0:
-            raise ConfigError("loss.temperature must be > 0")
+        super().__post_init__()  # lambda_g, lambda_r >= 0 and temperature > 0, all finite
 
 
 @dataclass
-class TrainConfig:
-    seed: int = _f(0, "seed of data order, pair sampling and initialisation")
-    lr: float = _f(1e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "cosine decay floor as a fraction of lr")
-    warmup_ratio: float = _f(0.05, "fraction of steps of linear warm-up")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)")
-    epochs: int = _f(10, "passes over the training set")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0 = no cap)")
-    batch_size: int = _f(4, "examples per micro-batch (per device)")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    max_length: int = _f(1024, "main sequences are truncated to this many tokens (counted)")
-    max_doc_length: int = _f(256, "document sequences are truncated to this many tokens (counted)")
+class TrainConfig(_Section):
+    seed: int = _f(0, "seed of data order, pair sampling and initialisation", ge=0)
+    lr: float = _f(1e-3, "peak learning rate", gt=0)
+    min_lr_ratio: float = _f(0.1, "cosine decay floor as a fraction of lr", ge=0, le=1)
+    warmup_ratio: float = _f(0.05, "fraction of steps of linear warm-up", ge=0, le=1)
+    weight_decay: float = _f(0.01, "AdamW weight decay", ge=0)
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)", ge=0)
+    epochs: int = _f(10, "passes over the training set", ge=1)
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = no cap)", ge=0)
+    batch_size: int = _f(4, "examples per micro-batch (per device)", ge=1)
+    grad_accum: int = _f(1, "micro-batches per optimizer step", ge=1)
+    max_length: int = _f(1024, "main sequences are truncated to this many tokens (counted)", ge=2)
+    max_doc_length: int = _f(256, "document sequences are truncated to this many tokens (counted)", ge=2)
     schedule: Literal["cosine", "linear"] = _f("cosine", "decay after warm-up, down to lr * min_lr_ratio (linear to 0 = HF Trainer's default, which the paper's runs used)")
-    log_every: int = _f(10, "log every N optimizer steps")
+    log_every: int = _f(10, "log every N optimizer steps", ge=1)
     output_dir: str = _f("models/core", "where the trained checkpoint is written")
+    trainable_layers: int = _f(0, "train only the top N decoder layers and the final norm; the embeddings and lower layers stay frozen and their output is computed once per sequence and cached (a CPU recipe, valid on GPUs too); 0 = every layer", ge=0)
+    autocast: Literal["none", "bfloat16"] = _f("none", "compute dtype of the forward pass under torch.autocast (weights and optimizer state stay in backbone.dtype)")
+    length_bucketing: bool = _f(False, "order each epoch so that a global batch holds examples of similar length (less padding); the order stays a function of (seed, epoch)")
 
     def steps_per_epoch(self, n_examples: int) -> int:
         micro = -(-n_examples // self.batch_size)
@@ -140,50 +206,57 @@ class TrainConfig:
 
 
 @dataclass
-class TrainDataConfig:
+class TrainDataConfig(_Section):
     """Data and validation of the distributed `train` stage."""
 
     train_file: str = _f("data/label/train.jsonl", "training JSONL from the label stage (the documented format)")
     val_file: str = _f("data/label/val.jsonl", "validation JSONL from the label stage: retrieval accuracy during training")
     tasks: list[str] = _f(["multihop"], "which tasks of the files to train on (multihop, entity_linking, selfrag)")
-    max_examples_per_task: int = _f(0, "train on at most this many examples of each task (0 = all); a fixed hash-chosen subset")
-    eval_every: int = _f(25, "validate every N optimizer steps (and after the last)")
-    val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)")
+    max_examples_per_task: int = _f(0, "train on at most this many examples of each task (0 = all); a fixed hash-chosen subset", ge=0)
+    eval_every: int = _f(25, "validate every N optimizer steps (and after the last)", ge=1)
+    val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)", ge=0)
     init_dir: str = _f("models/init", "the initial backbone (tiny: trained tokenizer + seeded weights), built once so every worker and every resume start from it")
     metrics_path: str = _f("metrics/train.json", "figures of the run (DVC metrics)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ConfigError(f"train_data.tasks must name one or more of {list(TASKS)} (got {self.tasks!r})")
+
 
 @dataclass
-class DistributedConfig:
+class DistributedConfig(_Section):
     """Ray Train + DeepSpeed: the same code on a laptop (CPU, gloo) and a GPU cluster (NCCL)."""
 
-    num_workers: int = _f(2, "Ray Train workers (data-parallel ranks)")
+    num_workers: int = _f(2, "Ray Train workers (data-parallel ranks)", ge=1)
     use_gpu: bool = _f(False, "GPU workers over NCCL; false = CPU workers over gloo")
-    gpus_per_worker: float = _f(1.0, "GPUs Ray reserves per worker (use_gpu)")
-    cpus_per_worker: float = _f(1.0, "CPUs Ray reserves per worker")
-    threads_per_worker: int = _f(1, "torch intra-op threads per worker (CPU)")
+    gpus_per_worker: float = _f(1.0, "GPUs Ray reserves per worker (use_gpu)", ge=0)
+    cpus_per_worker: float = _f(1.0, "CPUs Ray reserves per worker", gt=0)
+    threads_per_worker: int = _f(1, "torch intra-op threads per worker (CPU)", ge=1)
     deepspeed_config: str = _f("infra/deepspeed/zero3.json", "DeepSpeed config; 'auto' values are filled from train/distributed")
     bf16: bool = _f(False, "bf16 mixed precision (GPU profiles); fp32 on CPU")
     ray_address: str = _f("", "Ray cluster to join ('' = start a local Ray; 'auto'; 'ray://head:10001')")
     storage_path: str = _f("runs/ray", "where Ray Train keeps checkpoints (local dir, s3://…, or a shared filesystem on a cluster)")
-    checkpoint_every: int = _f(50, "report a checkpoint every N optimizer steps (and after the last)")
-    keep_checkpoints: int = _f(2, "checkpoints kept per run (older ones are deleted)")
-    max_failures: int = _f(1, "worker-group restarts from the latest checkpoint after a crash")
+    checkpoint_every: int = _f(50, "report a checkpoint every N optimizer steps (and after the last)", ge=1)
+    keep_checkpoints: int = _f(2, "checkpoints kept per run (older ones are deleted)", ge=1)
+    max_failures: int = _f(1, "worker-group restarts from the latest checkpoint after a crash", ge=0)
     resume_from: str = _f("auto", "'auto': continue this run's latest checkpoint if its settings match; 'never'; or a checkpoint directory")
-    fail_at_step: int = _f(0, "testing: kill rank 1 after reporting this step, once (0 = off)")
+    trust_resume: bool = _f(False, "allow a resume_from directory outside storage_path: DeepSpeed unpickles the optimizer state it finds there (torch.load, weights_only=False), so only for checkpoints you trust; logged")
+    fail_at_step: int = _f(0, "testing: kill rank 1 after reporting this step, once (0 = off)", ge=0)
 
 
 @dataclass
-class LoraSettings:
+class LoraSettings(_Section):
     enabled: bool = _f(False, "LoRA adapters (peft) instead of full fine-tuning")
-    r: int = _f(16, "adapter rank")
-    alpha: int = _f(32, "adapter scaling numerator")
-    dropout: float = _f(0.05, "dropout on the adapter input")
+    r: int = _f(16, "adapter rank", ge=1)
+    alpha: int = _f(32, "adapter scaling numerator", ge=1)
+    dropout: float = _f(0.05, "dropout on the adapter input", ge=0, lt=1)
     target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "linear layers that get adapters")
 
 
 @dataclass
-class MlflowConfig:
+class MlflowConfig(_Section):
     tracking_uri: str = _f("sqlite:///mlruns.db", "MLflow tracking store (relative sqlite paths resolve against the project root)")
     artifact_location: str = _f("mlartifacts", "artifact root of experiments this project creates: a path (resolved against the project), a URI (s3://…, mlflow-artifacts:/…), or '' = the tracking server's default")
     experiment: str = _f("onegen", "experiment name")
@@ -192,10 +265,10 @@ class MlflowConfig:
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(_Section):
     hotpotqa_train: list[str] = _f([], "HotpotQA files whose questions are all training questions")
     hotpotqa_dev: str = _f("", "HotpotQA dev file: the first `dev_train_count` questions train, the rest are held out")
-    dev_train_count: int = _f(100, "dev questions moved to training (the rest are held out for evaluation)")
+    dev_train_count: int = _f(100, "dev questions moved to training (the rest are held out for evaluation)", ge=0)
     wiki2_eval: list[str] = _f([], "2WikiMultihopQA files held out for evaluation")
     elevant: list[str] = _f([], "ELEVANT benchmark JSONL files (entity linking)")
     el_eval_benchmarks: list[str] = _f([], "ELEVANT benchmarks (file stems) kept for evaluation; the others train. Articles never cross the split")
@@ -203,24 +276,24 @@ class PrepareConfig:
     kb_passages: list[str] = _f([], "passage corpora ({title, text}) whose passage of an entity's title becomes its description")
     kb_context_passages: list[str] = _f([], "HotpotQA-format files whose context paragraphs serve as passages too")
     on_error: Literal["raise", "skip"] = _f("skip", "malformed records: fail at once, or skip them (counted, listed in the report)")
-    max_skip_rate: float = _f(0.02, "fail the stage when more than this fraction of a file's records is skipped")
+    max_skip_rate: float = _f(0.02, "fail the stage when more than this fraction of a file's records is skipped", ge=0, le=1)
     out_dir: str = _f("data/prepared", "where normalised records, the KB and the report are written")
 
 
 @dataclass
-class AnnotateConfig:
+class AnnotateConfig(_Section):
     backend: Literal["heuristic", "openai", "hf"] = _f("heuristic", "decomposition annotator: supporting-facts heuristic (no LLM), an OpenAI-compatible endpoint, or a local HF model")
     base_url: str = _f("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint (vLLM serving Qwen2-72B-Instruct)")
     model: str = _f("Qwen/Qwen2-72B-Instruct", "model name sent to the endpoint")
     api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (the key itself never goes in params)")
-    timeout_s: float = _f(120.0, "per-request timeout")
-    max_retries: int = _f(4, "retries on timeouts, connection errors, 429 and 5xx")
-    backoff_s: float = _f(1.0, "first retry delay (doubles each retry)")
-    max_backoff_s: float = _f(60.0, "longest retry delay")
-    temperature: float = _f(0.0, "sampling temperature of the annotator")
-    max_tokens: int = _f(1024, "longest answer")
-    max_concurrency: int = _f(8, "requests in flight at once")
-    max_attempts: int = _f(3, "answers requested per example before it is recorded as rejected")
+    timeout_s: float = _f(120.0, "per-request timeout", gt=0)
+    max_retries: int = _f(4, "retries on timeouts, connection errors, 429 and 5xx", ge=0)
+    backoff_s: float = _f(1.0, "first retry delay (doubles each retry)", ge=0)
+    max_backoff_s: float = _f(60.0, "longest retry delay", ge=0)
+    temperature: float = _f(0.0, "sampling temperature of the annotator", ge=0)
+    max_tokens: int = _f(1024, "longest answer", ge=1)
+    max_concurrency: int = _f(8, "requests in flight at once", ge=1)
+    max_attempts: int = _f(3, "answers requested per example before it is recorded as rejected", ge=1)
     hf_model_path: str = _f("", "local HF model directory (backend: hf)")
     executor: Literal["local", "ray"] = _f("local", "where requests run: in-process threads, or Ray tasks (a cluster fan-out)")
     ray_address: str = _f("", "Ray cluster to join for executor 'ray' ('' = local Ray, 'auto', or 'ray://host:10001')")
@@ -229,22 +302,28 @@ class AnnotateConfig:
 
 
 @dataclass
-class LabelConfig:
-    positives_per_sentence: int = _f(1, "multi-hop: supporting sentences kept as positives per hop (Table 10), 0 = all")
-    negatives_per_positive: int = _f(0, "multi-hop: explicit negatives kept per positive (0 = every other unit)")
-    el_hard_negatives: int = _f(4, "entity linking: same-name candidate entities per mention")
-    el_random_negatives: int = _f(4, "entity linking: random entities per mention")
-    el_max_chars: int = _f(1500, "entity linking: articles are cut into windows of at most this many characters")
+class LabelConfig(_Section):
+    positives_per_sentence: int = _f(1, "multi-hop: supporting sentences kept as positives per hop (Table 10), 0 = all", ge=0)
+    negatives_per_positive: int = _f(0, "multi-hop: explicit negatives kept per positive (0 = every other unit)", ge=0)
+    el_hard_negatives: int = _f(4, "entity linking: same-name candidate entities per mention", ge=0)
+    el_random_negatives: int = _f(4, "entity linking: random entities per mention", ge=0)
+    el_max_chars: int = _f(1500, "entity linking: articles are cut into windows of at most this many characters", ge=1)
     selfrag: list[str] = _f([], "Self-RAG training files (selfrag_train_data format: instruction, input, output with reflection tokens); the label stage emits their records as task 'selfrag'")
-    selfrag_negative_window: list[float] = _f([0.9975, 1.0], "Self-RAG hard negatives of a passage: the passages of those files that MiniLM ranks in this window, as fractions of the ranked corpus (App. F: ranks 5985-6000 of ~6000)")
-    selfrag_max_negatives: int = _f(16, "Self-RAG: at most this many hard negatives per passage")
-    val_fraction: float = _f(0.1, "training examples held apart to validate during training")
-    seed: int = _f(0, "seed of negative sampling and the validation split")
+    selfrag_negative_window: list[float] = _f([0.9975, 1.0], "Self-RAG hard negatives of a passage: the passages of those files that MiniLM ranks in this window, as fractions of the ranked corpus (App. F: ranks 5985-6000 of ~6000)", ge=0, le=1)
+    selfrag_max_negatives: int = _f(16, "Self-RAG: at most this many hard negatives per passage", ge=0)
+    val_fraction: float = _f(0.1, "training examples held apart to validate during training", ge=0, lt=1)
+    seed: int = _f(0, "seed of negative sampling and the validation split", ge=0)
     out_dir: str = _f("data/label", "training JSONL (the documented format) and report")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = self.selfrag_negative_window
+        if len(w) != 2 or not w[0] < w[1]:
+            raise ConfigError(f"label.selfrag_negative_window must be [lo, hi] with 0 <= lo < hi <= 1 (got {w!r})")
 
 
 @dataclass
-class EncodeConfig:
+class EncodeConfig(_Section):
     checkpoint: str = _f("models/core", "trained checkpoint whose [RD] vectors fill the index")
     uri: str = _f("data/index", "LanceDB URI: a local directory, or s3://bucket/path, gs://bucket/path")
     table: str = _f("units", "table name")
@@ -252,16 +331,16 @@ class EncodeConfig:
     hotpotqa: list[str] = _f([], "HotpotQA/2Wiki-format files whose context paragraphs are encoded")
     wiki2: list[str] = _f([], "2WikiMultihopQA files whose context paragraphs are encoded")
     passages: list[str] = _f([], "passage corpora ({title, text} JSON/JSONL) encoded too (open setting)")
-    batch_size: int = _f(32, "documents per forward pass")
-    max_doc_length: int = _f(320, "documents are truncated to this many tokens (cut units are counted)")
-    ann_min_rows: int = _f(50000, "build an IVF_PQ index at or above this many units; exact search below")
+    batch_size: int = _f(32, "documents per forward pass", ge=1)
+    max_doc_length: int = _f(320, "documents are truncated to this many tokens (cut units are counted)", ge=2)
+    ann_min_rows: int = _f(50000, "build an IVF_PQ index at or above this many units; exact search below", ge=1)
     report_path: str = _f("metrics/encode.json", "counts of what was encoded")
     kb: str = _f("", "entity KB JSONL (id, title, description) encoded as `{title}: {description} [RD]`; '' = none")
     kb_table: str = _f("entities", "table of the entity KB's vectors (entity linking retrieves from it)")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     checkpoint: str = _f("models/core", "the trained checkpoint to evaluate (its index comes from `encode`)")
     index_uri: str = _f("data/index", "LanceDB URI the encode stage filled")
     units_table: str = _f("units", "passage table (multi-hop retrieval)")
@@ -271,26 +350,69 @@ class EvaluateConfig:
     elevant: list[str] = _f([], "ELEVANT benchmark files to link (their articles must not be trained on)")
     el_benchmarks: list[str] = _f([], "restrict `elevant` to these benchmark names ([] = all listed files)")
     settings: list[str] = _f(["distractor", "open"], "multi-hop retrieval over each question's own paragraphs and/or the whole index")
-    max_questions: int = _f(0, "evaluate at most this many questions per dataset (0 = all)")
-    max_articles: int = _f(0, "link at most this many articles per benchmark (0 = all)")
-    max_retrievals: int = _f(4, "multi-hop: a question emitting more [RQ] than this is a miss (retrieval_cap)")
-    max_new_tokens: int = _f(160, "multi-hop: tokens the model may sample per question")
-    el_max_chars: int = _f(1500, "entity linking: article windows of at most this many characters (as trained)")
-    el_max_retrievals: int = _f(64, "entity linking: [RQ] cap per window")
+    max_questions: int = _f(0, "evaluate at most this many questions per dataset (0 = all)", ge=0)
+    max_articles: int = _f(0, "link at most this many articles per benchmark (0 = all)", ge=0)
+    max_retrievals: int = _f(4, "multi-hop: a question emitting more [RQ] than this is a miss (retrieval_cap)", ge=1)
+    max_new_tokens: int = _f(160, "multi-hop: tokens the model may sample per question", ge=1)
+    el_max_chars: int = _f(1500, "entity linking: article windows of at most this many characters (as trained)", ge=1)
+    el_max_retrievals: int = _f(64, "entity linking: [RQ] cap per window", ge=1)
     baselines: list[str] = _f(["minilm", "bm25"], "retrievers run with the same generator: minilm (pipeline), bm25")
     sft_checkpoint: str = _f("", "an SFT-only (lambda_r = 0) checkpoint evaluated as generator with MiniLM retrieval; '' = none")
-    batch_size: int = _f(8, "rows generated together")
+    batch_size: int = _f(8, "rows generated together", ge=1)
     out_dir: str = _f("reports/evaluate", "report.md, plots and per-example predictions (JSONL, ELEVANT JSONL)")
     metrics_path: str = _f("metrics/evaluate.json", "DVC metrics")
     log_mlflow: bool = _f(True, "log metrics and the report to the MLflow run that trained the checkpoint")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bad = set(self.settings) - {"distractor", "open"}
         if bad:
             raise ConfigError(f"evaluate.settings: unknown {sorted(bad)} (use distractor, open)")
         bad = set(self.baselines) - {"minilm", "bm25"}
         if bad:
             raise ConfigError(f"evaluate.baselines: unknown {sorted(bad)} (use minilm, bm25)")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class ServeConfig:
+    """`onegen ask`, `onegen link` and `onegen api`: the checkpoint of `evaluate.checkpoint` with the index of
+    `encode.uri` (tables `encode.table`, `encode.kb_table`); the defaults of a request are the settings the
+    checkpoint was evaluated with (`evaluate.max_new_tokens`, `max_retrievals`, `el_max_chars`, …)."""
+
+    host: str = _f("127.0.0.1", "address `onegen api` binds; anything but loopback without an API key prints a warning")
+    port: int = _f(8080, "port `onegen api` listens on (0 = any free port)")
+    max_batch_size: int = _f(8, "rows (questions, or link windows) generated together in one batch")
+    max_wait_ms: float = _f(10.0, "how long the first request of a batch waits for others to join it (dynamic batching)")
+    max_queue: int = _f(64, "requests waiting for a batch; one more is answered 429")
+    request_timeout_s: float = _f(120.0, "a request still queued or generating after this long is stopped and answered 504")
+    max_text_chars: int = _f(4000, "longest question or text to link (characters); longer is a 400")
+    max_new_tokens: int = _f(512, "most tokens a request may ask the model to sample (`max_tokens`); more is a 400")
+    top_k: int = _f(3, "retrieved units shown per [RQ] (the top one is pasted) and candidates per linked mention")
+    max_top_k: int = _f(20, "largest `top_k` a request may ask for")
+    api_key_env: str = _f("ONEGEN_API_KEY", "environment variable holding the bearer token `onegen api` requires when it is set and non-empty (the token itself never goes in params or logs)")
+    threads: int = _f(0, "torch intra-op threads of ask/link/api (0 = torch's default, one per core; on a machine shared with another job, fewer threads than cores avoid spinning workers that slow every step)")
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"serve.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port: {self.port} is not a port (0-65535)")
+        for name in ("max_batch_size", "max_queue", "max_text_chars", "max_new_tokens", "top_k", "max_top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"serve.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"serve.request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.top_k > self.max_top_k:
+            raise ConfigError(f"serve.top_k ({self.top_k}) must be <= serve.max_top_k ({self.max_top_k})")
+        if self.api_key_env and not _ENV_NAME.match(self.api_key_env):
+            raise ConfigError(f"serve.api_key_env: {self.api_key_env!r} is not an environment variable name")
+        if not self.host.strip():
+            raise ConfigError("serve.host must not be empty (127.0.0.1 = this machine only)")
 
 
 @dataclass
@@ -310,8 +432,12 @@ class Params:
     label: LabelConfig = field(default_factory=LabelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
+        if self.lora.enabled and self.train.trainable_layers:
+            raise ConfigError("lora.enabled and train.trainable_layers are two recipes; choose one "
+                              "(set train.trainable_layers: 0 for LoRA)")
         if "selfrag" in self.train_data.tasks and not self.label.selfrag:
             raise ConfigError("train_data.tasks includes 'selfrag' but label.selfrag names no Self-RAG training "
                               "file: the label stage emits Self-RAG examples only from those files")
@@ -388,7 +514,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     `profiles/<name>.yaml` beside it, then the overrides.
     """
     path = Path(path)
-    data = _read_mapping(path) if path.exists() else {}
+    data = _read_mapping(path)  # a missing or empty file is an error: built-in defaults are not a params file
     profile = (overrides or {}).get("profile", data.get("profile", ""))
     where = str(path)
     if profile:
@@ -397,8 +523,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             known = sorted(p.stem for p in (path.parent / "profiles").glob("*.yaml"))
             raise ConfigError(f"profile '{profile}': no file {ppath} (known: {', '.join(known) or 'none'})")
         where = f"{path} + {ppath}"
+        overlay = _read_mapping(ppath)  # its errors name the profile file already
         try:
-            deep_merge(data, _read_mapping(ppath))
+            deep_merge(data, overlay)
         except ConfigError as e:
             raise ConfigError(f"{ppath}: {e}") from None
     for dotted, value in (overrides or {}).items():
@@ -409,8 +536,39 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raise ConfigError(f"{where}: {e}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last
+    silently, so a second `lr:` further down would win unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice "
+                                  f"(first at line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) or {}
+    """A params or profile file as a mapping; every problem names the file (and the line, for YAML)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (pass --params with an existing file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: params file is empty (a run on built-in defaults is never what was meant)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

@@ -8,6 +8,7 @@ The API key is read from the environment variable named in params and never logg
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -71,8 +72,11 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
                 else:
                     counts["dropped_" + ("error" if result is None else "rejected")] += 1
         report = {"backend": f"{backend.name}/{backend.model}", **rep.to_dict(), "outcome": dict(counts)}
-    write_jsonl(out / "decompositions.jsonl", (d.to_dict() for d in decompositions))
-    write_json(out / "report.json", report)
+    # a cache written before redaction existed may hold an echoed key: what goes out is redacted again
+    redact = getattr(backend, "redact", None) or (lambda text: text)
+    rows = [json.loads(redact(json.dumps(d.to_dict(), ensure_ascii=False))) for d in decompositions]
+    write_jsonl(out / "decompositions.jsonl", rows)
+    write_json(out / "report.json", json.loads(redact(json.dumps(report, default=str))))
     log.info("annotated %d questions: %s", len(records), dict(counts))
     return report
 

@@ -75,11 +75,12 @@ def annotate_one(record: MultiHopRecord, key: CacheKey, backend: Backend, max_at
     prompt = build_prompt(record)
     rejection: AnnotationRejected | None = None
     response = ""
+    redact = getattr(backend, "redact", None) or (lambda text: text)  # what is stored never holds the key
     for attempt in range(1, max_attempts + 1):
         try:
-            response = backend.complete(prompt)
+            response = redact(backend.complete(prompt))
         except (BackendError, OSError) as exc:  # OSError covers timeouts and connection errors
-            return _Outcome(key, attempt, error=f"{type(exc).__name__}: {exc}")
+            return _Outcome(key, attempt, error=redact(f"{type(exc).__name__}: {exc}"))
         try:
             decomposition = parse_decomposition(response, record)
         except AnnotationRejected as exc:

@@ -7,8 +7,11 @@
   :func:`onegen_core.prepare.decomposition.heuristic_decomposition` instead.
 
 Why the care with the API key: it is read from the environment at each request and kept nowhere
-else (not on the object, not in reprs, logs, error messages or the cache), so nothing this code writes
-can leak it.
+else (not on the object, not in reprs, logs, error messages or the cache), and its value is redacted
+(`***`) from everything a server sends back — error bodies and successful completions alike, since an
+endpoint that echoes the request would otherwise put the key into the cache, the decompositions and
+the training files. Keys shorter than `MIN_REDACTED_KEY` characters (vLLM's `EMPTY` placeholder) are
+not secrets and are left alone, so that ordinary words in an answer survive.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 __all__ = ["Backend", "BackendError", "LocalHFBackend", "OpenAIChatBackend", "make_backend"]
 
 logger = logging.getLogger(__name__)
+MIN_REDACTED_KEY = 8
+REDACTED = "***"
 
 
 @runtime_checkable
@@ -133,10 +138,13 @@ class OpenAIChatBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _redact(self, text: str) -> str:
-        """Error text from a server could echo the key back; never let it into a message."""
+    def redact(self, text: str) -> str:
+        """`text` without the API key's value: whatever a server sends back may echo it (an error body, or
+        a completion that repeats the request); nothing that reaches a message, a log or a file keeps it."""
         key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
+        return text.replace(key, REDACTED) if key and len(key) >= MIN_REDACTED_KEY else text
+
+    _redact = redact
 
     def _post(self, body: bytes) -> bytes:
         request = urllib.request.Request(self.url, data=body, method="POST", headers=self._headers())
@@ -191,15 +199,17 @@ class OpenAIChatBackend:
         }).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
-                return self._content(self._post(body))
+                return self.redact(self._content(self._post(body)))  # a completion may echo the key too
             except _Retryable as exc:
                 if attempt == self.max_retries:
-                    raise BackendError(f"POST {self.url}: {exc} (gave up after {attempt + 1} attempts)",
+                    raise BackendError(self.redact(f"POST {self.url}: {exc} (gave up after {attempt + 1} attempts)"),
                                        exc.status) from None
                 delay = self._delay(attempt, exc.retry_after)
-                logger.warning("POST %s: %s; retry %d/%d in %.2fs", self.url, exc, attempt + 1,
+                logger.warning("POST %s: %s; retry %d/%d in %.2fs", self.url, self.redact(str(exc)), attempt + 1,
                                self.max_retries, delay)
                 time.sleep(delay)
+            except BackendError as exc:
+                raise BackendError(self.redact(str(exc)), exc.status) from None
         raise AssertionError("unreachable")
 
 

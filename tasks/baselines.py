@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onegen_core.inference.index import ExactIndex, Hit, UnitRecord
+from onegen_core.inference.index import ExactIndex, Hit, UnitRecord, candidate_scores
 
 
 def minilm_path() -> Path:
@@ -82,7 +82,8 @@ class BM25Index:
         corpus = [f"{r.title} {r.text}" for r in self.records]
         self.retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
 
-    def search(self, queries: Sequence[str], k: int, allowed: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int, allowed: Sequence[Collection[str] | None] | None = None,
+               exclude: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
         tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
         n = len(self.records)
         out = []
@@ -91,10 +92,9 @@ class BM25Index:
             if not words:  # only stopwords (a mention like "The"): BM25 has nothing to match
                 out.append([])
                 continue
-            scores = self.retriever.get_scores(words)  # (n_units,)
-            if allowed is not None and allowed[i] is not None:
-                keep = np.array([r.id in allowed[i] or r.doc_id in allowed[i] for r in self.records])
-                scores = np.where(keep, scores, -np.inf)
+            scores = candidate_scores(self.records, self.retriever.get_scores(words),  # (n_units,)
+                                      allowed[i] if allowed is not None else None,
+                                      exclude[i] if exclude is not None else None)
             top = np.argsort(-scores, kind="stable")[: min(k, n)]
             out.append([_hit(self.records[j], float(scores[j])) for j in top if np.isfinite(scores[j])])
         return out
@@ -127,8 +127,9 @@ class TextSearchBridge:
         self.pending.append(self.to_text(seq))
         return np.ones(1, np.float32)
 
-    def search(self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None,
+               exclude: Sequence[Collection[str] | None] | None = None) -> list[list[Hit]]:
         if len(self.pending) != len(queries):
             raise RuntimeError(f"{len(self.pending)} query texts recorded for {len(queries)} searches")
         texts, self.pending = self.pending, []
-        return self.retriever.search(texts, k, allowed)
+        return self.retriever.search(texts, k, allowed, exclude)

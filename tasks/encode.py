@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from onegen_core.config import EncodeConfig, LossConfig
+from onegen_core.config import BackboneConfig, EncodeConfig, LossConfig
 from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
 from onegen_core.inference.document_encoding import encode_documents
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
@@ -67,9 +67,10 @@ def encode_table(model, collator, docs: list, uri: str, table: str, ck: str, bat
     }
 
 
-def run(cfg: EncodeConfig) -> dict:
+def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
+    """`dtype`: the checkpoint's weights dtype while encoding (params backbone.inference_dtype)."""
     t0 = time.perf_counter()
-    lm, tokenizer, _ = load_pretrained(cfg.checkpoint)
+    lm, tokenizer, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=dtype))
     ck = checkpoint_id(cfg.checkpoint)
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
@@ -92,7 +93,8 @@ def run(cfg: EncodeConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(stage_params(__doc__, argv).encode)
+    p = stage_params(__doc__, argv)
+    run(p.encode, p.backbone.inference_dtype)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from onegen_core.config import Params, flatten
+from onegen_core.config import BackboneConfig, Params, flatten
 from onegen_core.data import load_2wiki, load_elevant, load_hotpotqa
 from onegen_core.data.multihop import MultiHopRecord
 from onegen_core.evaluation.linking import (
@@ -36,6 +36,7 @@ from onegen_core.evaluation.linking import (
     disambiguate_windows,
     gold_by_article,
     link_windows,
+    score_elevant,
     score_linking,
     windows_of,
 )
@@ -53,8 +54,11 @@ class ResultCache:
     """Finished pieces of one evaluation, keyed by checkpoint and settings: re-running skips them."""
 
     def __init__(self, root: Path, key: dict[str, Any]) -> None:
+        from onegen_core.method.backbone import check_path_id
+
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.dir = root / f"{key['checkpoint_id']}-{digest}"
+        # the id becomes a directory name: `../x` would write outside `root`
+        self.dir = root / f"{check_path_id(key['checkpoint_id'], 'checkpoint_id')}-{digest}"
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def get(self, name: str) -> Any | None:
@@ -81,6 +85,7 @@ def _load_records(path: str, limit: int, dataset: str) -> list[MultiHopRecord]:
 def multihop_systems(p: Params, lm, tok, units, unit_records, cache_dir: Path) -> dict[str, dict[str, Any]]:
     """name -> {model, tokenizer, index, query_encoder, checkpoint_id}; baselines load lazily."""
     cfg = p.evaluate
+    style = p.reconstruct.query_style  # what the model writes before [RQ], hence what a baseline reads
     systems: dict[str, dict[str, Any]] = {"onegen": {"model": lm, "tok": tok, "index": units, "encoder": None,
                                                       "checkpoint_id": units.checkpoint_id}}
     minilm = None
@@ -91,19 +96,19 @@ def multihop_systems(p: Params, lm, tok, units, unit_records, cache_dir: Path) -
         mini_index = minilm_index(minilm, unit_records, cache_dir)
 
         def mini_encoder(tokenizer) -> Callable[[int, list[int]], np.ndarray]:
-            return lambda row, seq: minilm.encode([query_text_of(tokenizer, seq)])[0]
+            return lambda row, seq: minilm.encode([query_text_of(tokenizer, seq, style)])[0]
 
         if "minilm" in cfg.baselines:
             systems["minilm"] = {"model": lm, "tok": tok, "index": mini_index, "encoder": mini_encoder(tok),
                                  "checkpoint_id": None}
         if cfg.sft_checkpoint:
-            sft_lm, sft_tok, _ = load_pretrained(cfg.sft_checkpoint)
+            sft_lm, sft_tok, _ = load_pretrained(cfg.sft_checkpoint, BackboneConfig(name=cfg.sft_checkpoint, dtype=p.backbone.inference_dtype))
             systems["sft"] = {"model": sft_lm.eval(), "tok": sft_tok, "index": mini_index,
                               "encoder": mini_encoder(sft_tok), "checkpoint_id": None}
     if "bm25" in cfg.baselines:
         from tasks.baselines import BM25Index, TextSearchBridge
 
-        bridge = TextSearchBridge(BM25Index(unit_records), lambda seq: query_text_of(tok, seq))
+        bridge = TextSearchBridge(BM25Index(unit_records), lambda seq: query_text_of(tok, seq, style))
         systems["bm25"] = {"model": lm, "tok": tok, "index": bridge, "encoder": bridge.query_encoder,
                            "checkpoint_id": None}
     return systems
@@ -222,7 +227,8 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
                                      on_batch=bar.update, stats=stats)
         bar.close()
         linked = cache.put("el.link", {"predictions": _mentions_to_json(preds), "finish": dict(finish),
-                                       "forward_passes": stats.forward_passes, "searches": stats.searches})
+                                       "forward_passes": stats.forward_passes, "searches": stats.searches,
+                                       "seconds": round(stats.seconds, 1)})
     link_preds = _mentions_from_json(linked["predictions"])
     scores = score_linking(articles, link_preds)
     result["windows_by_finish_reason"] = linked["finish"]
@@ -230,9 +236,11 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
     ed = cache.get("el.ed.onegen")
     if ed is None:
         bar = _bar(len(windows), "entity disambiguation (gold mentions)")
+        t_ed = time.perf_counter()
         preds, counts = disambiguate_windows(lm, tok, windows, gold, kb, on_batch=bar.update)
         bar.close()
-        ed = cache.put("el.ed.onegen", {"predictions": _mentions_to_json(preds), "counts": dict(counts)})
+        ed = cache.put("el.ed.onegen", {"predictions": _mentions_to_json(preds), "counts": dict(counts),
+                                        "seconds": round(time.perf_counter() - t_ed, 1)})
     ed_scores = score_linking(articles, _mentions_from_json(ed["predictions"]))
     result["ed_mentions_truncated"] = ed["counts"].get("mentions_truncated", 0)
 
@@ -246,7 +254,17 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
         sc = score_linking(articles, _mentions_from_json(data["predictions"]))
         systems[name] = {b: {"ed": s["el"]} for b, s in sc.items()}
     result["systems"] = systems
-    _write_elevant(p, articles, link_preds, out / "elevant")
+    # the same predictions by ELEVANT's own rules (word-boundary widening, unlinked = <NIL>, coreference
+    # inferred from the text), as ELEVANT's evaluate.py would score the exported files
+    ed_preds = _mentions_from_json(ed["predictions"])
+    elevant = {"link": score_elevant(articles, _as_exported(link_preds)),
+               "ed": score_elevant(articles, _as_exported(ed_preds))}
+    result["elevant_rules"] = {b: {"ner": s["ner"], "el": s["linking"], "ed": elevant["ed"][b]["linking"]}
+                               for b, s in elevant["link"].items()}
+    _write_elevant(p, articles, link_preds, out / "elevant", "onegen",
+                   "OneGen end to end: constrained G->R generation marks mentions, each [RQ] links", linked.get("seconds"))
+    _write_elevant(p, articles, ed_preds, out / "elevant", "onegen-ed",
+                   "OneGen entity disambiguation: gold mentions given, one teacher-forced pass", ed.get("seconds"))
     return result
 
 
@@ -269,28 +287,69 @@ def _ed_baseline(name: str, kb, articles, gold) -> dict[str, list[PredictedMenti
     return out
 
 
-def _write_elevant(p: Params, articles, preds: dict[str, list[PredictedMention]], out: Path) -> None:
-    """ELEVANT linked-articles JSONL: each benchmark article as in its file plus `entity_mentions`
-    ({span, id, recognized_by, linked_by, candidates}), one file per benchmark, for ELEVANT to score."""
+def _as_exported(preds: dict[str, list[PredictedMention]]) -> dict[str, list[PredictedMention]]:
+    """Predictions as the ELEVANT export writes them: a marked mention that linked nothing is `<NIL>`."""
+    return {k: [PredictedMention(m.start, m.end, m.entity_id or "<NIL>", m.score, m.candidates) for m in v]
+            for k, v in preds.items()}
+
+
+def _write_elevant(p: Params, articles, preds: dict[str, list[PredictedMention]], out: Path, experiment: str,
+                   description: str, seconds: float | None) -> None:
+    """ELEVANT linked-articles JSONL, one file per benchmark, as ELEVANT's `link_benchmark.py` writes it:
+    the article's keys in ELEVANT's order, `entity_mentions` sorted by span (each with `id` — `<NIL>`
+    when the mention linked nothing — `recognized_by`, `linked_by`, sorted `candidates`), `json.dumps`
+    defaults (ASCII escapes), and a `.metadata.json` beside each file."""
+    import datetime
+
+    from onegen_core.data import load_elevant
+
     raw: dict[str, dict] = {}
     for path in p.evaluate.elevant:
-        with open(path) as fh:
+        # the loader reads BOM, gzip and bz2 as it reads them for evaluation; the raw JSON lines follow
+        bench = _bench_of(path)
+        ids = {str(a.id) for a in load_elevant(path)}
+        from onegen_core.data.open_source import open_text
+
+        with open_text(path) as fh:
             for line in fh:
                 if line.strip():
                     art = json.loads(line)
-                    raw[f"{_bench_of(path)}/{art['id']}"] = art
-    by_bench: dict[str, list[dict]] = {}
+                    if str(art.get("id")) in ids:
+                        raw[f"{bench}/{art['id']}"] = art
+    by_bench: dict[str, list[str]] = {}
     for a in articles:
         key = f"{a.benchmark}/{a.id}"
-        art = dict(raw[key])
-        art["entity_mentions"] = [
-            {"span": [m.start, m.end], "recognized_by": "onegen", **({"id": m.entity_id, "linked_by": "onegen",
-                                                                       "candidates": m.candidates} if m.entity_id else {})}
+        src = raw.get(key)
+        if src is None:
+            raise ValueError(f"ELEVANT export: article {key!r} is in none of evaluate.elevant's files as read again")
+        art: dict[str, Any] = {"id": src["id"], "title": src.get("title", ""), "text": src["text"]}
+        for k in ("hyperlinks", "title_synonyms"):
+            if src.get(k):
+                art[k] = src[k]
+        if src.get("url") is not None:
+            art["url"] = src["url"]
+        mentions = [
+            {"span": [m.start, m.end], "id": m.entity_id or "<NIL>", "recognized_by": experiment,
+             "linked_by": experiment, "candidates": sorted(set(m.candidates) | {m.entity_id or "<NIL>"})}
             for m in sorted(preds.get(key, []), key=lambda m: (m.start, m.end))
         ]
-        by_bench.setdefault(a.benchmark, []).append(art)
-    for bench, arts in by_bench.items():
-        write_jsonl(out / f"onegen.{bench}.linked_articles.jsonl", arts)
+        if mentions:
+            art["entity_mentions"] = mentions
+        art["evaluation_span"] = src.get("evaluation_span") or [0, len(src["text"])]
+        art["labels"] = sorted(src.get("labels", []), key=lambda lb: lb.get("id", 0))
+        if src.get("sections"):
+            art["sections"] = src["sections"]
+        by_bench.setdefault(a.benchmark, []).append(json.dumps(art) + "\n")
+    stamp = datetime.datetime.now().strftime("%Y/%m/%d %H:%M")
+    for bench, lines in by_bench.items():
+        path = out / f"{experiment}.{bench}.linked_articles.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, path)
+        meta = {"experiment_name": experiment, "experiment_description": description, "linker_name": "onegen",
+                "timestamp": stamp, "linking_time": seconds}
+        path.with_name(f"{experiment}.{bench}.metadata.json").write_text(json.dumps(meta))
 
 
 def _bench_of(path: str) -> str:
@@ -307,6 +366,11 @@ def flat_metrics(result: dict) -> dict[str, float]:
             for name, agg in systems.items():
                 for m in MULTIHOP_METRICS:
                     out[f"eval/{ds}/{setting}/{name}/{m}"] = float(agg[m])
+    for bucket, tasks_ in (result.get("entity_linking", {}).get("elevant_rules") or {}).items():
+        prefix = "eval/el_elevant" if bucket == "all" else f"eval/el_elevant/{bucket}"
+        for t, s in tasks_.items():
+            for k, short in (("precision", "p"), ("recall", "r"), ("f1", "f1")):
+                out[f"{prefix}/onegen/{t}_{short}"] = float(s[k])
     for name, buckets in result.get("entity_linking", {}).get("systems", {}).items():
         for bucket, tasks_ in buckets.items():
             prefix = "eval/el" if bucket == "all" else f"eval/el/{bucket}"
@@ -322,13 +386,13 @@ def run(p: Params) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
-    lm, tok, _ = load_pretrained(cfg.checkpoint)
+    lm, tok, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=p.backbone.inference_dtype))
     lm.eval()
     ck = checkpoint_id(cfg.checkpoint)
     units = LanceIndex(cfg.index_uri, cfg.units_table)
     check_checkpoint(units, ck)
-    key = {"checkpoint_id": ck, **{k: v for k, v in flatten(cfg).items()
-                                   if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size")}}
+    key = {"checkpoint_id": ck, "dtype": p.backbone.inference_dtype, "query_style": p.reconstruct.query_style,
+           **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size")}}
     cache = ResultCache(Path("runs") / "evaluate", key)
     log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "checkpoint_id": ck}

@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import IvfPq
 
-from onegen_core.inference.index import Hit, IndexMismatchError, UnitRecord
+from onegen_core.inference.index import ExactIndex, Hit, IndexMismatchError, UnitRecord
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = b"onegen.checkpoint_id"
+_CHUNK = 500  # ids per `IN (…)` filter: bounded SQL strings however many documents are asked for
 
 
 def _schema(dim: int, checkpoint_id: str) -> pa.Schema:
@@ -35,6 +36,19 @@ def _schema(dim: int, checkpoint_id: str) -> pa.Schema:
         ],
         metadata={CHECKPOINT_KEY: checkpoint_id.encode()},
     )
+
+
+def table_names(uri: str) -> list[str]:
+    """Every table of the database at `uri`, sorted (all pages of LanceDB's listing)."""
+    db = lancedb.connect(uri)
+    names: list[str] = []
+    token = None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += list(page.tables)
+        token = page.page_token
+        if not token:
+            return sorted(names)
 
 
 def _quote(s: str) -> str:
@@ -53,6 +67,7 @@ class LanceIndex:
         self.checkpoint_id = meta[CHECKPOINT_KEY].decode()
         self.dim = self.table.schema.field("vector").type.list_size
         self.refine_factor = refine_factor
+        self._exact: ExactIndex | None = None  # in-memory copy for exact search (no ANN index), see `search`
 
     @classmethod
     def create(cls, uri: str, dim: int, checkpoint_id: str, table: str = "units") -> "LanceIndex":
@@ -99,6 +114,44 @@ class LanceIndex:
             "checkpoint": [self.checkpoint_id] * len(records),
         }
         self.table.add(pa.table(cols, schema=self.table.schema))
+        self._exact = None
+
+    def units_of(self, doc_ids: Collection[str]) -> dict[str, list[UnitRecord]]:
+        """The stored units of the given documents (no vectors), by document id: what `onegen index add`
+        compares a user's documents with before it refuses, skips or replaces them."""
+        out: dict[str, list[UnitRecord]] = {}
+        wanted = sorted(set(doc_ids))
+        for i in range(0, len(wanted), _CHUNK):
+            ids = ", ".join(_quote(d) for d in wanted[i:i + _CHUNK])
+            rows = (self.table.search().where(f"doc_id IN ({ids})")
+                    .select(["id", "doc_id", "title", "text", "doc_text"]).limit(None).to_list())
+            for r in rows:
+                out.setdefault(r["doc_id"], []).append(
+                    UnitRecord(r["id"], r["doc_id"], r["title"], r["text"], r["doc_text"]))
+        return out
+
+    def delete_documents(self, doc_ids: Collection[str]) -> None:
+        """Remove every unit of these documents (`onegen index add --update` re-encodes them)."""
+        wanted = sorted(set(doc_ids))
+        for i in range(0, len(wanted), _CHUNK):
+            self.table.delete(f"doc_id IN ({', '.join(_quote(d) for d in wanted[i:i + _CHUNK])})")
+
+    def info(self) -> dict:
+        """Rows, documents, dimension, checkpoint and search kind of the table (`onegen index info`)."""
+        n = len(self)
+        docs = (len(set(self.table.search().select(["doc_id"]).limit(None).to_arrow().column("doc_id").to_pylist()))
+                if n else 0)
+        ann = [i for i in self.table.list_indices() if i.index_type.startswith("Ivf")]
+        return {"uri": self.uri, "table": self.table_name, "rows": n, "documents": docs, "dim": self.dim,
+                "checkpoint_id": self.checkpoint_id,
+                "index_type": ann[0].index_type if ann else "exact (brute-force cosine)"}
+
+    def _load_exact(self) -> ExactIndex:
+        t = self.table.to_arrow()
+        if not t.num_rows:
+            return ExactIndex([], np.zeros((0, self.dim), np.float32), self.checkpoint_id)
+        vectors = np.asarray(t.column("vector").combine_chunks().flatten(), dtype=np.float32).reshape(-1, self.dim)
+        return ExactIndex(self.records(), vectors, self.checkpoint_id)
 
     def has_ann_index(self) -> bool:
         return any(i.index_type.startswith("Ivf") for i in self.table.list_indices())
@@ -118,18 +171,34 @@ class LanceIndex:
         return True
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None
+        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None,
+        exclude: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)  # (n, dim)
         ann = self.has_ann_index()
+        if not ann:
+            # below the ANN size the search is exact anyway: one matrix product over an in-memory copy
+            # answers a whole batch of queries, where LanceDB's per-query scan cost ~10-50 ms each
+            # (entity linking issues thousands of queries)
+            if self._exact is None:
+                self._exact = self._load_exact()
+            return self._exact.search(q, k, allowed, exclude)
         out: list[list[Hit]] = []
         for i in range(q.shape[0]):
             query = self.table.search(q[i], vector_column_name="vector").metric("cosine").limit(k)
             if ann:
                 query = query.refine_factor(self.refine_factor)  # re-rank PQ candidates exactly
+            where = []
             if allowed is not None and allowed[i] is not None:
                 ids = ", ".join(_quote(a) for a in allowed[i])
-                query = query.where(f"id IN ({ids}) OR doc_id IN ({ids})", prefilter=True) if ids else None
+                where.append(f"(id IN ({ids}) OR doc_id IN ({ids}))" if ids else "false")
+            if exclude is not None and exclude[i]:
+                ids = ", ".join(_quote(a) for a in exclude[i])
+                where.append(f"(id NOT IN ({ids}) AND doc_id NOT IN ({ids}))")
+            if "false" in where:
+                query = None
+            elif where:
+                query = query.where(" AND ".join(where), prefilter=True)
             rows = query.select(["id", "doc_id", "title", "text", "doc_text", "_distance"]).to_list() if query is not None else []
             out.append([Hit(r["id"], 1.0 - float(r["_distance"]), r["doc_id"], r["title"], r["text"], r["doc_text"])
                         for r in rows])

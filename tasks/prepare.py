@@ -1,6 +1,7 @@
 """DVC stage `prepare`: strict loaders → normalised records, the embedded KB, the entity-linking split
-and a data report (counts in, out, skipped by reason). Fails when a file's skip rate passes
-`prepare.max_skip_rate`."""
+and a data report (`report.json`: per input file, records in, out, skipped by field, the first skips).
+Fails when a file's skip rate passes `prepare.max_skip_rate` or a file yields no record at all, and never
+replaces a non-empty output with an empty one unless the settings ask for no such data."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,6 @@ from onegen_core.data import (
     DataError,
     load_2wiki_with_report,
     load_elevant_with_report,
-    load_hotpotqa,
     load_hotpotqa_with_report,
     load_kb,
     load_passages,
@@ -21,33 +21,45 @@ from onegen_core.data import (
 from onegen_core.data.elevant import benchmark_name
 from onegen_core.data.multihop import record_to_dict
 from onegen_core.prepare.entity_kb import build_kb
-from tasks.stage_common import stage_params, write_json, write_jsonl
+from tasks.stage_common import (
+    EmptyOutputError,
+    SkipRateExceeded,
+    check_skip_rate,
+    stage_params,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger("onegen.prepare")
+__all__ = ["SkipRateExceeded", "run"]
 
 
-class SkipRateExceeded(RuntimeError):
-    pass
-
-
-def _load(loader, path: str, cfg: PrepareConfig, report: dict) -> list:
-    if cfg.on_error == "raise":
-        records, errors = loader(path)
-        if errors:
-            raise errors[0]
-    else:
-        records, errors = loader(path)
+def _load(loader, path: str, cfg: PrepareConfig, report: dict, seen: dict[str, str] | None = None,
+          key: str | None = None) -> list:
+    """The records of one file, its entry in the report (`key`, default the path) and the skip-rate
+    gate. `seen` (id → file) makes a record whose id an earlier file already gave a counted skip."""
+    records, errors = loader(path)
+    if cfg.on_error == "raise" and errors:
+        raise errors[0]
+    if seen is not None:
+        kept = []
+        for r in records:
+            first = seen.setdefault(r.id, path)
+            if first != path:
+                errors.append(DataError(path, r.id, "_id", f"duplicate _id: {first} has it too"))
+            else:
+                kept.append(r)
+        records = kept
     n_in = len(records) + len(errors)
     by_field = Counter(e.field for e in errors)
-    report[path] = {
+    report[key or path] = {
         "records_in": n_in,
         "records_out": len(records),
         "skipped": len(errors),
         "skipped_by_field": dict(by_field),
         "skips": [str(e) for e in errors[:50]],
     }
-    if n_in and len(errors) / n_in > cfg.max_skip_rate:
-        raise SkipRateExceeded(f"{path}: {len(errors)}/{n_in} records skipped (> {cfg.max_skip_rate:.0%}); first: {errors[0]}")
+    check_skip_rate(path, n_in, len(errors), cfg.max_skip_rate, errors[0] if errors else None)
     if errors:
         log.warning("%s: skipped %d of %d records (%s)", path, len(errors), n_in, dict(by_field))
     return records
@@ -55,39 +67,47 @@ def _load(loader, path: str, cfg: PrepareConfig, report: dict) -> list:
 
 def run(cfg: PrepareConfig) -> dict:
     out = Path(cfg.out_dir)
+    unknown = set(cfg.el_eval_benchmarks) - {benchmark_name(p) for p in cfg.elevant}
+    if unknown:  # before anything is written
+        raise ValueError(f"prepare.el_eval_benchmarks names benchmarks not in prepare.elevant: {sorted(unknown)}")
     files: dict = {}
-    train = [r for p in cfg.hotpotqa_train for r in _load(load_hotpotqa_with_report, p, cfg, files)]
-    dev = _load(load_hotpotqa_with_report, cfg.hotpotqa_dev, cfg, files) if cfg.hotpotqa_dev else []
+    seen: dict[str, str] = {}  # a question id is one question across all multi-hop files
+    train = [r for p in cfg.hotpotqa_train for r in _load(load_hotpotqa_with_report, p, cfg, files, seen)]
+    dev = _load(load_hotpotqa_with_report, cfg.hotpotqa_dev, cfg, files, seen) if cfg.hotpotqa_dev else []
     train += dev[: cfg.dev_train_count]
     held = dev[cfg.dev_train_count:]
     wiki = [r for p in cfg.wiki2_eval for r in _load(load_2wiki_with_report, p, cfg, files)]
     overlap = {r.id for r in train} & ({r.id for r in held} | {r.id for r in wiki})
     if overlap:
         raise DataError(cfg.hotpotqa_dev, sorted(overlap)[0], "_id", "question is both a training and a held-out question")
-    write_jsonl(out / "multihop_train.jsonl", (record_to_dict(r) for r in train))
-    write_jsonl(out / "hotpotqa_heldout.jsonl", (record_to_dict(r) for r in held))
-    write_jsonl(out / "2wiki_heldout.jsonl", (record_to_dict(r) for r in wiki))
+    # an output may be empty only when the settings give it no input (then the replacement is logged)
+    write_jsonl(out / "multihop_train.jsonl", (record_to_dict(r) for r in train),
+                allow_empty=not (cfg.hotpotqa_train or (cfg.hotpotqa_dev and cfg.dev_train_count)))
+    write_jsonl(out / "hotpotqa_heldout.jsonl", (record_to_dict(r) for r in held),
+                allow_empty=not cfg.hotpotqa_dev or len(dev) <= cfg.dev_train_count)
+    write_jsonl(out / "2wiki_heldout.jsonl", (record_to_dict(r) for r in wiki), allow_empty=not cfg.wiki2_eval)
 
     articles = [a for p in cfg.elevant for a in _load(load_elevant_with_report, p, cfg, files)]
     split = {"train": [], "eval": []}
     for path in cfg.elevant:
         name = benchmark_name(path)
         split["eval" if name in cfg.el_eval_benchmarks else "train"].append(name)
-    unknown = set(cfg.el_eval_benchmarks) - {benchmark_name(p) for p in cfg.elevant}
-    if unknown:
-        raise ValueError(f"prepare.el_eval_benchmarks names benchmarks not in prepare.elevant: {sorted(unknown)}")
     if cfg.kb:
         entities = load_kb(cfg.kb)
         kb_report = {"source": cfg.kb, "entities": len(entities)}
     else:
         passages = {p.title: p.text for path in cfg.kb_passages for p in load_passages(path)}
-        for path in cfg.kb_context_passages:
-            for rec in load_hotpotqa(path, on_error="skip"):
+        for path in cfg.kb_context_passages:  # counted and gated like every input, under its own key
+            for rec in _load(load_hotpotqa_with_report, path, cfg, files, key=f"{path} (kb_context_passages)"):
                 passages.update({para.title: para.text().strip() for para in rec.context if para.sentences})
-        entities, coverage = build_kb(articles, passages)
+        entities, coverage = build_kb(articles, passages, split["train"])
         kb_report = {"source": "embedded: ELEVANT label names and types + same-title passages of "
                      + ", ".join(cfg.kb_passages + cfg.kb_context_passages), **coverage.to_dict()}
-    write_kb(out / "kb.jsonl", entities)
+    kb_path = out / "kb.jsonl"
+    if not entities and (cfg.kb or cfg.elevant) and kb_path.is_file() and kb_path.stat().st_size:
+        raise EmptyOutputError(f"{kb_path}: 0 entities to write, the file holds some; kept it (check prepare.kb "
+                               "and prepare.elevant)")
+    write_kb(kb_path, entities)
     split_counts = {k: sum(1 for a in articles if a.benchmark in v) for k, v in split.items()}
     write_json(out / "el_split.json", {"benchmarks": split, "articles": split_counts})
 

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,32 @@ HF_DIR = "hf"
 DS_DIR = "deepspeed"
 
 
+class UntrustedResume(PermissionError):
+    """`distributed.resume_from` names a directory outside the run's storage path, without
+    `distributed.trust_resume`."""
+
+
+def check_resume_trust(resume_dir: str, storage_path: str, trusted: bool) -> None:
+    """The trust boundary of a resume: DeepSpeed's `load_checkpoint` unpickles the optimizer and
+    scheduler state it finds (`torch.load(weights_only=False)`), so a file there can run code. A
+    checkpoint under `distributed.storage_path` was written by this project's runs; anything else is
+    refused unless `distributed.trust_resume` says the user trusts it, and then the log says so."""
+    if not resume_dir:
+        return
+    inside = False
+    if "://" not in storage_path:
+        inside = Path(resume_dir).resolve().is_relative_to(Path(storage_path).resolve())
+    if inside:
+        return
+    if not trusted:
+        raise UntrustedResume(
+            f"distributed.resume_from={resume_dir} is outside distributed.storage_path={storage_path}: resuming "
+            "unpickles the optimizer state found there (code can run). Move the checkpoint under the storage "
+            "path, or set distributed.trust_resume=true if you trust its source")
+    log.warning("distributed.trust_resume: resuming from %s, outside distributed.storage_path=%s; its pickled "
+                "optimizer state is trusted", resume_dir, storage_path)
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
@@ -41,7 +68,14 @@ def worker_loop(config: dict[str, Any]) -> None:
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
     from onegen_core.training.dataset import load_examples
-    from onegen_core.training.loop import StepMetrics, StepOps, make_optimizer, run_steps, step_budget
+    from onegen_core.training.loop import (
+        StepMetrics,
+        StepOps,
+        compute_precision,
+        make_optimizer,
+        run_steps,
+        step_budget,
+    )
     from onegen_core.training.schedule import lr_at
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -62,6 +96,13 @@ def worker_loop(config: dict[str, Any]) -> None:
     model = OneGenModel(lm, p.loss)
     collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
     eval_collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
+    if t_cfg.trainable_layers:
+        model.train_top_layers(t_cfg.trainable_layers,
+                               torch.bfloat16 if t_cfg.autocast == "bfloat16" else torch.float32)
+        if model.lower_cache is not None and world > 1:
+            # ZeRO-3 needs the same module calls on every rank: fill the cache for every sequence any
+            # rank will see, before the weights are partitioned, then refuse misses
+            fill_lower_cache(model, [*train_ex, *val_ex], eval_collator, t_cfg, rank)
 
     if p.lora.enabled and config["ds_config"].get("zero_optimization", {}).get("stage", 0) == 3:
         _register_token_adapter_weights(lm)
@@ -79,7 +120,9 @@ def worker_loop(config: dict[str, Any]) -> None:
     step = 0
     restored = ray.train.get_checkpoint()
     if restored is None and config.get("resume_dir"):
-        restored = ray.train.Checkpoint(config["resume_dir"])  # a checkpoint chosen on request
+        # a checkpoint chosen on request: the driver checked it, and so does every rank that unpickles it
+        check_resume_trust(config["resume_dir"], p.distributed.storage_path, p.distributed.trust_resume)
+        restored = ray.train.Checkpoint(config["resume_dir"])
     if restored is not None:
         with restored.as_directory() as d:
             step = load_state(engine, Path(d), rank)
@@ -98,8 +141,16 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     def validate(at_step: int) -> dict[str, float]:
         # every rank runs the same examples: identical module calls, as ZeRO-3 needs
-        r = retrieval_recall(engine.module, eval_collator, val_ex, batch_size=t_cfg.batch_size)
-        return {f"val/{k}": v for k, v in r.items()}
+        with compute_precision(t_cfg.autocast):
+            r = retrieval_recall(engine.module, eval_collator, val_ex, batch_size=t_cfg.batch_size)
+            out = {f"val/{k}": v for k, v in r.items()}
+            tasks_ = sorted({e.task for e in val_ex})
+            if len(tasks_) > 1:  # per task too: the tasks' queries differ in number and difficulty
+                for task in tasks_:
+                    part = retrieval_recall(engine.module, eval_collator, [e for e in val_ex if e.task == task],
+                                            batch_size=t_cfg.batch_size)
+                    out.update({f"val/{task}/{k}": part[k] for k in ("recall_at_1", "recall_at_5", "queries")})
+        return out
 
     if step == 0:
         v = validate(0)
@@ -114,11 +165,18 @@ def worker_loop(config: dict[str, Any]) -> None:
         # (global normalisers), so scale by the world size to get the gradient of the sum. Its engine
         # steps at the accumulation boundary, with the lr its scheduler sets.
         engine.backward(loss * world_f, scale_wrt_gas=False)
+        if engine.is_gradient_accumulation_boundary() and engine.zero_optimization_stage() == 0:
+            # ZeRO-0 without DeepSpeed's bf16/fp16 optimizer wrapper clips but does not record the norm
+            # (get_global_grad_norm() is None); the gradients are whole on every rank, so read it here.
+            grads = [q.grad for q in engine.module.parameters() if q.grad is not None]
+            own_norm[0] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))) if grads else 0.0
         engine.step()
+
+    own_norm = [float("nan")]
 
     def read_norm(_: int, __: float) -> float:
         norm = engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else own_norm[0]
 
     def on_step(m: StepMetrics) -> None:
         done = m.step + 1
@@ -149,6 +207,25 @@ def worker_loop(config: dict[str, Any]) -> None:
     if bar:
         bar.close()
     dist.barrier()
+
+
+def fill_lower_cache(model, examples, collator, t_cfg, rank: int) -> None:
+    """Compute the frozen layers' output of every main and document sequence of `examples` (forward
+    only, in their batches' padding), then freeze the cache so that a miss is an error."""
+    from onegen_core.training.loop import compute_precision
+
+    cache = model.lower_cache
+    t0 = time.perf_counter()
+    with compute_precision(t_cfg.autocast):
+        for i in range(0, len(examples), t_cfg.batch_size):
+            b = collator(list(examples[i:i + t_cfg.batch_size]))
+            cache.lookup(model.lm, b.input_ids, b.attention_mask)
+            cache.lookup(model.lm, b.doc_input_ids, b.doc_attention_mask)
+        one = torch.zeros((1, 1), dtype=torch.long)
+        cache.lookup(model.lm, one, torch.ones_like(one))  # the one-token pass `agree_calls` pads with
+    cache.frozen = True
+    log.info("rank %d: lower-state cache of %d sequences (%d tokens) in %.0f s", rank, len(cache), cache.tokens,
+             time.perf_counter() - t0)
 
 
 def build_lm(config: dict[str, Any], p):

@@ -26,10 +26,11 @@ def main(paths: list[str] | None = None) -> None:
               f" (checkpoint {e['checkpoint_id']}; {e['units_truncated']} units cut by truncation)")
     ev = metrics / "evaluate.json"
     if ev.is_file():
-        from tasks.eval_report import headline
+        from tasks.eval_report import headline, headline_table
 
         r = json.loads(ev.read_text())
         print(headline(r))
+        print(headline_table(r))
         mh = r.get("multihop", {}).get("hotpotqa", {}).get("distractor", {})
         if mh:
             print("  HotpotQA distractor, same generator: " + "; ".join(

@@ -28,6 +28,14 @@ TAGS_ENV = "ONEGEN_MLFLOW_TAGS"
 # MLflow 3 opens an experiment in its GenAI view (traces) unless it is tagged as model development
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI takes the view from `?workflowType=` rather than the tag, and shows metric columns only
+# when they are selected: a shared view state (an experiment tag the UI reads with `viewStateShareKey`)
+# selects the figures a λr sweep compares
+VIEW_KEY = "onegen"
+COMPARED_COLUMNS = ("params.`loss.lambda_r`", "params.`loss.kind`", "metrics.`val/recall_at_1`",
+                    "metrics.`eval/hotpotqa/distractor/onegen/recall_at_1_subquery`",
+                    "metrics.`eval/hotpotqa/distractor/onegen/f1`", "metrics.`eval/hotpotqa/distractor/onegen/em`",
+                    "metrics.`eval/hotpotqa/open/onegen/recall_at_1_subquery`", "metrics.`eval/el/onegen/el_f1`")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -72,7 +80,16 @@ def ensure_experiment(client, name: str, loc: str | None) -> str:
             exp = client.get_experiment_by_name(name)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False,
+                       "selectedColumns": ["attributes.`Source`", *COMPARED_COLUMNS]})
+    if exp.tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:
+        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
     return exp.experiment_id
+
+
+def runs_view_url(base: str, exp_id: str) -> str:
+    """The experiment's runs table in the model-training view with the compared metrics as columns."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
 
 def env_tags() -> dict[str, str]:
@@ -198,7 +215,7 @@ def register_model(client, name: str, run_id: str, artifact_path: str, tags: dic
 
 def run_location(uri: str, exp_id: str, run_id: str) -> str:
     """Where to look at a run: the server URL, or how to open the UI over a local store."""
-    view = f"#/experiments/{exp_id}/runs/{run_id}"
+    view = f"#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{view}"
     return f"run {run_id} in {uri}; `onegen ui` then http://127.0.0.1:5000/{view}"

@@ -25,9 +25,12 @@ from typing import Any
 from onegen_core.config import Params, flatten, to_dict
 
 log = logging.getLogger("onegen.train")
+# Ray Train 2.60 without a dashboard logs this about once a second for the whole run (its placement-group
+# cleaner polls the state API, which needs the dashboard); read once, when ray is imported
+os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", "Failed to query Ray Train Controller actor state")
 
 # settings that change how a run is executed or recorded, not what it computes
-VOLATILE_KEYS = ("distributed.resume_from", "distributed.fail_at_step", "distributed.ray_address",
+VOLATILE_KEYS = ("distributed.resume_from", "distributed.trust_resume", "distributed.fail_at_step", "distributed.ray_address",
                  "distributed.storage_path", "distributed.max_failures", "distributed.checkpoint_every",
                  "distributed.keep_checkpoints", "distributed.cpus_per_worker", "distributed.gpus_per_worker", "train.log_every",
                  "train_data.metrics_path", "train.output_dir")
@@ -194,16 +197,20 @@ def run(p: Params) -> dict[str, Any]:
     t_start = time.perf_counter()
     from tasks.deepspeed_config import resolved_ds_config, validate
 
-    fingerprint = run_fingerprint(p)
     resume = p.distributed.resume_from
-    run_name = f"onegen-{fingerprint}"
     resume_dir = ""
-    if resume == "never":
-        run_name += time.strftime("-%Y%m%d-%H%M%S")
-    elif resume != "auto":
+    if resume not in ("auto", "never"):  # checked first: nothing runs before the trust boundary says yes
         if not Path(resume).is_dir():
             raise FileNotFoundError(f"distributed.resume_from={resume}: no such checkpoint directory")
         resume_dir = str(Path(resume).resolve())
+        from tasks.ray_worker import check_resume_trust
+
+        check_resume_trust(resume_dir, p.distributed.storage_path, p.distributed.trust_resume)
+    fingerprint = run_fingerprint(p)
+    run_name = f"onegen-{fingerprint}"
+    if resume == "never":
+        run_name += time.strftime("-%Y%m%d-%H%M%S")
+    elif resume_dir:
         run_name += "-from-" + Path(resume).name
     remote = "://" in p.distributed.storage_path
     storage = p.distributed.storage_path if remote else Path(p.distributed.storage_path).resolve()

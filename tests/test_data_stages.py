@@ -116,3 +116,25 @@ def test_dvc_repro_runs_the_data_stages_on_a_fresh_copy(tmp_path, shared_data):
     first = (proj / "data" / "label" / "train.jsonl").read_text()
     again = subprocess.run(dvc + ["repro", "label"], cwd=proj, env=env, check=True, capture_output=True, text=True)
     assert "didn't change, skipping" in again.stdout and (proj / "data" / "label" / "train.jsonl").read_text() == first
+
+
+def test_kb_titles_never_come_from_held_out_mention_texts():
+    """A held-out article's mention text would hand the gold surface form to the mention-text ED
+    baselines: titles come from the KB name, else a training article's mention, else the id."""
+    from onegen_core.prepare.entity_kb import build_kb
+
+    def lab(i, s, e, eid, name):
+        return ElevantLabel(s, e, eid, name, None, None, (), id=i)
+
+    train = ElevantArticle(1, "", "Obama met Merkel.", None,
+                           (lab(0, 0, 5, "Q76", "Barack Obama"), lab(1, 10, 16, "Q567", "Unknown")), "train-b")
+    held = ElevantArticle(2, "", "Bo and Mutti and Kohl.", None,
+                          (lab(0, 0, 2, "Q76", "Barack Obama"), lab(1, 7, 12, "Q567", "Unknown"),
+                           lab(2, 17, 21, "Q2518", "Unknown")), "held-b")
+    entities, cov = build_kb([train, held], {"Barack Obama": "44th president."}, train_benchmarks={"train-b"})
+    titles = {e.id: e.title for e in entities}
+    assert titles == {"Q76": "Barack Obama", "Q567": "Merkel", "Q2518": "Q2518"}  # never "Bo", "Mutti", "Kohl"
+    d = cov.to_dict()
+    assert d["title_sources"] == {"entity_id": 1, "kb_name": 1, "training_mention": 1}
+    assert (d["held_out_gold_entities"], d["held_out_gold_in_kb"], d["held_out_gold_with_kb_name"],
+            d["held_out_gold_with_passage"]) == (3, 3, 1, 1)

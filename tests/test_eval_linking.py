@@ -138,3 +138,39 @@ def test_link_windows_counts_every_window(char_tokenizer, tiny_lm):
     for p in preds.get("toy/1", []):
         full = "Alpha beta. Gamma."
         assert 0 <= p.start < p.end <= len(full)
+
+
+def test_exact_span_and_elevant_rules_on_a_hand_built_article():
+    """The worked example that ELEVANT's own code scores (IGNORED mode): NER tp/fp/fn 3/2/1 and
+    linking ('all') 2/4/4. Our exact-span strong matching on the same predictions differs."""
+    from onegen_core.data.elevant import ElevantArticle, ElevantLabel
+    from onegen_core.evaluation.linking import PredictedMention, score_elevant, score_linking
+
+    text = "Angela Merkel met Obama in Paris and Berlin. She said the city was nice. Kohl's aide wrote."
+    gold = [((0, 13), "Q567"), ((18, 23), "Q76"), ((27, 32), "Q90"), ((37, 43), "Q64"), ((45, 48), "Q567"),
+            ((54, 62), "Q90"), ((73, 77), "<NIL>")]
+    labels = tuple(ElevantLabel(s, e, q, "Unknown" if q == "<NIL>" else "n", None, None, (), id=i)
+                   for i, ((s, e), q) in enumerate(gold))
+    art = ElevantArticle(0, "", text, (0, len(text)), labels, "hand")
+    preds = {"hand/0": [PredictedMention(0, 13, "Q567"), PredictedMention(18, 23, "Q30"),
+                        PredictedMention(27, 32, None), PredictedMention(37, 43, "<NIL>"),
+                        PredictedMention(45, 48, "Q567"), PredictedMention(73, 79, "Q2518"),
+                        PredictedMention(80, 84, "Q123"), PredictedMention(67, 71, "<NIL>"),
+                        PredictedMention(85, 90, None)]}
+    el = score_elevant([art], preds)["all"]
+    assert (el["ner"]["tp"], el["ner"]["fp"], el["ner"]["fn"]) == (3, 2, 1)
+    assert (el["linking"]["tp"], el["linking"]["fp"], el["linking"]["fn"]) == (2, 4, 4)
+    ours = score_linking([art], preds)["all"]
+    # exact spans, InKB: Merkel and She link; Kohl's (73,79) is not the NIL gold span (73,77)
+    assert (ours["el"]["tp"], ours["el"]["fn"]) == (2, 4)
+
+
+def test_elevant_word_boundary_and_coreference():
+    from onegen_core.evaluation.linking import is_coreference, word_boundary
+
+    assert word_boundary((0, 6), "Albert's birthplace is Ulm.") == (0, 8)
+    assert word_boundary((1, 19), '"Hearts and Flowers" is a song.') == (0, 20)
+    assert word_boundary((0, 6), "Soviet-backed government.") == (0, 6)
+    assert word_boundary((0, 2), "Ulm") == (0, 2)  # never grows over the last character
+    assert is_coreference("She") and is_coreference("the city") and is_coreference("the 1990s")
+    assert not is_coreference("The Beatles") and not is_coreference("US") and is_coreference("I")

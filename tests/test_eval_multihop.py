@@ -82,10 +82,43 @@ def test_misses_score_zero_and_are_counted_by_reason():
     assert agg["recall_at_1_subquery"] == pytest.approx(4 / 13)
 
 
-def test_pipeline_query_text():
-    assert pipeline_query_text("The question is: Q?\n[RQ]", "Q?") == "Q?"
-    decoded = "The question is: Q?\n[RQ]<paragraph>A: x</paragraph>Who wrote it?[RQ]"
-    assert pipeline_query_text(decoded, "Q?") == "Q? Who wrote it?"
+def test_pipeline_query_text_reads_what_the_rq_has_read():
+    assert pipeline_query_text("Q?", "[RQ]") == "Q?"
+    cont = "[RQ]<paragraph>A: x</paragraph>Who wrote it?[RQ]"
+    # implicit: the question plus everything pasted or generated since (the [RQ] has read it all)
+    assert pipeline_query_text("Q?", cont) == "Q? A: x Who wrote it?"
+    # explicit: the sub-question written since the last passage
+    assert pipeline_query_text("Q?", cont, "explicit") == "Who wrote it?"
+    assert pipeline_query_text("Q?", "[RQ]", "explicit") == "Q?"
+
+
+def test_query_text_of_skips_the_chat_template(char_tokenizer):
+    from onegen_core.evaluation.multihop import query_text_of
+    from onegen_core.method.encoding import SegmentTokenizer
+
+    tok = SegmentTokenizer(char_tokenizer)
+    ids = tok.prompt("The question is: Who?\n") + tok("[RQ]<paragraph>T: body</paragraph>[RQ]")
+    assert query_text_of(char_tokenizer, ids) == "Who? T: body"
+
+
+def test_chat_template_wraps_the_prompt_in_training_and_inference(char_tokenizer):
+    import copy
+
+    from onegen_core.method.encoding import SegmentTokenizer, encode_example
+    from onegen_core.method.segments import Text, TrainingExample
+
+    tok = copy.deepcopy(char_tokenizer)
+    tok.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    st = SegmentTokenizer(tok)
+    assert st.chat == ("<u>", "</u><a>")
+    ex = TrainingExample("e", "t", (Text("Q\n", False), Text("ans", True)))
+    enc = encode_example(ex, st)
+    prompt = st.prompt("Q\n")
+    assert tok.decode(prompt) == "<u>Q\n</u><a>" and enc.input_ids[:len(prompt)] == prompt
+    # the model learns the answer right after the assistant header, then EOS
+    assert tok.decode(enc.input_ids[len(prompt):-1]) == "ans" and enc.labels[len(prompt) - 1] == enc.input_ids[len(prompt)]
+    plain = encode_example(ex, SegmentTokenizer(char_tokenizer))
+    assert char_tokenizer.decode(plain.input_ids[:-1]) == "Q\nans"
 
 
 def test_end_to_end_rows_keep_every_question(char_tokenizer, tiny_lm):

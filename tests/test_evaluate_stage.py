@@ -52,6 +52,7 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, char_tokenizer, tiny_l
                             wiki2=[str(s["wiki"])], kb=str(s["kb"]), max_doc_length=4096,
                             report_path=str(tmp_path / "enc.json")))
     p = load_params(ROOT / "params.yaml", {
+        "profile": "tiny",
         "evaluate.checkpoint": str(ckpt), "evaluate.index_uri": str(tmp_path / "idx"),
         "evaluate.hotpotqa": str(s["hot"]), "evaluate.wiki2": str(s["wiki"]), "evaluate.elevant": [str(s["el"])],
         "evaluate.max_new_tokens": 24, "evaluate.max_retrievals": 2, "evaluate.el_max_chars": 300,
@@ -103,6 +104,7 @@ def test_evaluate_refuses_a_trained_benchmark(tmp_path, small_inputs):
     prep = tmp_path / "prepared"
     prep.mkdir()
     (prep / "el_split.json").write_text(json.dumps({"benchmarks": {"train": ["spotlight"], "eval": []}}))
-    p = load_params(ROOT / "params.yaml", {"evaluate.elevant": [str(small_inputs["el"])], "prepare.out_dir": str(prep)})
+    p = load_params(ROOT / "params.yaml", {"profile": "tiny", "evaluate.elevant": [str(small_inputs["el"])],
+                                           "prepare.out_dir": str(prep)})
     with pytest.raises(ValueError, match="training benchmark"):
         _el_articles(p)

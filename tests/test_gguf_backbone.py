@@ -36,10 +36,14 @@ def test_gguf_loads_as_a_plain_pretrained_causal_lm(smollm2):
     assert getattr(model, "hf_quantizer", None) is None  # de-quantized: trainable and saveable
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    # the OneGen tokens are new rows after the 49,152 of SmolLM2's vocabulary, started at the mean
+    # the OneGen tokens are new rows after the 49,152 of SmolLM2's vocabulary, each started at the mean of
+    # the pieces its text was split into before it existed, so no two of them start equal
     assert min(ids[t] for t in SPECIAL_TOKENS) >= 49152
     emb = model.get_input_embeddings().weight
-    assert torch.allclose(emb[ids["[RQ]"]], emb[:49152].mean(0), atol=1e-5)
+    rows = torch.stack([emb[ids[t]] for t in SPECIAL_TOKENS])
+    assert torch.cdist(rows, rows).add(torch.eye(len(rows)) * 1e9).min() > 1e-3
+    pieces = [j for j in tok("[RQ]", add_special_tokens=False)["input_ids"]]  # now one token: re-split by hand
+    assert pieces == [ids.rq]
     # pretrained knowledge survived de-quantization (a from-scratch model cannot do this)
     prompt = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -176,3 +176,16 @@ def test_chooser_chunks_are_fed_in_one_pass_and_equal_recomputation(setup):
     assert res[0].retrievals[0].position == 1 + 1 + len(turn)
     for seq, logits in calls:
         assert torch.allclose(logits, no_cache_hidden(lm, seq)[1][-1], atol=1e-4)
+
+
+def test_a_pasted_passage_is_not_retrieved_again(setup):
+    """R→G: a row's later [RQ] never fetches a document already pasted into it (OneGen and baselines
+    alike); with exclusion off, the same query vector fetches it again."""
+    tok, lm, index = setup
+    same = np.ones(index.dim, np.float32) / np.sqrt(index.dim)  # one fixed query: the same top-1 each time
+    for exclude, distinct in ((True, 3), (False, 1)):
+        choose, _ = scripted(tok, [[RQ, RQ, RQ]])
+        res = generate(lm, tok, ["p"], index, RetrievalPolicy(mode="rag", max_retrievals=3, exclude_pasted=exclude),
+                       "ckpt-A", choose=choose, query_encoder=lambda row, seq: same)
+        tops = [ev.ids[0] for ev in res[0].retrievals]
+        assert len(tops) == 3 and len(set(tops)) == distinct

@@ -80,3 +80,16 @@ def test_opening_a_foreign_table_is_an_error(tmp_path):
     db.create_table("units", schema=pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), 4))]))
     with pytest.raises(IndexMismatchError, match="not a onegen index"):
         LanceIndex(str(tmp_path / "db"))
+
+
+def test_exclude_drops_units_and_documents_like_the_exact_index(tmp_path):
+    recs, v = data()
+    idx = LanceIndex.create(str(tmp_path / "db"), 16, "ck1")
+    idx.add(recs, v)
+    exact = ExactIndex(recs, v, "ck1")
+    excl = [{recs[0].doc_id}, {recs[3].id}, None]
+    allowed = [None, {"doc1", "doc2"}, None]
+    got, ref = idx.search(v[:3], 4, allowed, excl), exact.search(v[:3], 4, allowed, excl)
+    assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in ref]
+    assert all(h.doc_id != recs[0].doc_id for h in got[0]) and recs[3].id not in {h.id for h in got[1]}
+    assert {h.doc_id for h in got[1]} <= {"doc1", "doc2"} and got[2][0].id == recs[2].id

@@ -53,11 +53,25 @@ def test_implicit_layout_and_labels():
     docs = {d.title: d for d in ex.documents}
     film, ann, noise = docs["Film"].id, docs["Ann"].id, docs["Noise"].id
     q0, q1 = ex.queries
-    assert q0.positives == (f"{film}#0",)
-    # hop 0 must not treat hop 1's gold sentences as negatives; Ann#2 is not gold, so it is one
-    assert set(q0.negatives) == {f"{film}#1", f"{ann}#2", f"{noise}#0", f"{noise}#1"}
-    assert q1.positives == (f"{ann}#0", f"{ann}#1")
-    assert set(q1.negatives) == {f"{film}#0", f"{film}#1", f"{ann}#2", f"{noise}#0", f"{noise}#1"}
+    # App. G.1: every [RD] at or after the first supporting sentence has read it, so all are positives
+    assert q0.positives == (f"{film}#0", f"{film}#1")
+    # hop 0 must not treat hop 1's positives as negatives
+    assert set(q0.negatives) == {f"{noise}#0", f"{noise}#1"}
+    assert q1.positives == (f"{ann}#0", f"{ann}#1", f"{ann}#2")
+    assert set(q1.negatives) == {f"{film}#0", f"{film}#1", f"{noise}#0", f"{noise}#1"}
+
+
+def test_sentences_before_the_supporting_one_are_hard_negatives():
+    rec = record()
+    hops = [Hop("Film", (1,)), Hop("Ann", (2,))]
+    ex = reconstruct_multihop(rec, hops, ReconstructConfig(granularity="sentence"))
+    docs = {d.title: d.id for d in ex.documents}
+    q0, q1 = ex.queries
+    assert q0.positives == (f"{docs['Film']}#1",)
+    assert f"{docs['Film']}#0" in q0.negatives  # before the supporting sentence: it has not read it
+    assert q1.positives == (f"{docs['Ann']}#2",)
+    assert {f"{docs['Ann']}#0", f"{docs['Ann']}#1"} <= set(q1.negatives)
+    assert f"{docs['Ann']}#2" not in q0.negatives  # a later hop's positive is never a negative
 
 
 def test_explicit_with_loc():

@@ -37,6 +37,14 @@ def test_new_rows_start_at_the_mean(tiny_lm):
     assert tiny_lm.get_input_embeddings().weight.shape[0] == old + 3
 
 
+def test_new_rows_start_at_the_mean_of_their_pieces(tiny_lm):
+    emb = tiny_lm.get_input_embeddings().weight.detach().clone()
+    old = emb.shape[0]
+    resize_embeddings(tiny_lm, old + 2, {old: [3, 5, 7], old + 1: [9]})
+    new = tiny_lm.get_input_embeddings().weight
+    assert torch.allclose(new[old], emb[[3, 5, 7]].mean(0)) and torch.allclose(new[old + 1], emb[9])
+
+
 def test_missing_special_tokens_are_reported():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast

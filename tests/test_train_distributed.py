@@ -50,6 +50,7 @@ def params_for(data_dir: Path, work: Path, **over):
     from onegen_core.config import load_params
 
     base = {
+        "profile": "tiny",
         "backbone.tiny.hidden_size": 64, "backbone.tiny.intermediate_size": 128, "backbone.tiny.num_layers": 2,
         "tokenizer.vocab_size": 1500, "tokenizer.corpus": [],
         "train.batch_size": 2, "train.grad_accum": 1, "train.max_length": 512, "train.max_doc_length": 256,

@@ -258,16 +258,18 @@ def _record_label(raw: Raw) -> str:
     return raw.position
 
 
-def _decode(file: str, raw: Raw, benchmark: str, seen: dict[int | str, str]) -> ElevantArticle:
+def _decode(file: str, raw: Raw, benchmark: str, seen: dict[str, str]) -> ElevantArticle:
     if raw.error is not None:
         raise raw.error
     where = Where(file, _record_label(raw))
     if not isinstance(raw.value, dict):
         raise where.error(_FIELD_RECORD, f"expected object, got {json_type(raw.value)}")
     article = _parse_article(raw.value, where, benchmark)
-    first = seen.setdefault(article.id, raw.position)
+    # by its string form: 1 and "1" are one article to everything downstream (keys, exports, ELEVANT)
+    first = seen.setdefault(str(article.id), raw.position)
     if first != raw.position:
-        raise where.error("id", f"duplicate article id {article.id!r} (first seen at {first})")
+        raise where.error("id", f"duplicate article id {article.id!r} (first seen at {first}; ids 1 and \"1\" "
+                                "are the same article)")
     return article
 
 
@@ -275,7 +277,7 @@ def _load(
     path: str | os.PathLike, benchmark: str | None, raise_errors: bool
 ) -> tuple[list[ElevantArticle], list[DataError]]:
     name = benchmark if benchmark is not None else benchmark_name(path)
-    seen: dict[int | str, str] = {}
+    seen: dict[str, str] = {}
     return collect_records(path, iter_jsonl, lambda file, raw: _decode(file, raw, name, seen), raise_errors)
 
 

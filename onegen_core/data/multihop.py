@@ -131,8 +131,17 @@ def _parse_paragraph(item: Any, field: str, where: Where) -> Paragraph:
 
 
 def _parse_context(value: Any, where: Where) -> tuple[Paragraph, ...]:
+    """The paragraphs; titles are unique, because supporting facts and decompositions name a paragraph
+    by its title (with two, a positive could point at the wrong one)."""
     items = typed(value, list, "context", where)
-    return tuple(_parse_paragraph(item, f"context[{i}]", where) for i, item in enumerate(items))
+    paragraphs = tuple(_parse_paragraph(item, f"context[{i}]", where) for i, item in enumerate(items))
+    first: dict[str, int] = {}
+    for i, p in enumerate(paragraphs):
+        j = first.setdefault(p.title, i)
+        if j != i:
+            raise where.error(f"context[{i}][0]", f"title {p.title!r} repeats context[{j}][0]: a supporting fact "
+                                                  "naming it would be ambiguous")
+    return paragraphs
 
 
 def _parse_fact(item: Any, field: str, sizes: dict[str, int], where: Where) -> SupportingFact:
@@ -153,10 +162,10 @@ def _parse_fact(item: Any, field: str, sizes: dict[str, int], where: Where) -> S
 def _parse_supporting_facts(
     value: Any, context: tuple[Paragraph, ...], where: Where
 ) -> tuple[SupportingFact, ...]:
-    sizes: dict[str, int] = {}
-    for paragraph in context:  # same resolution as MultiHopRecord.paragraph: first title wins
-        sizes.setdefault(paragraph.title, len(paragraph.sentences))
+    sizes = {paragraph.title: len(paragraph.sentences) for paragraph in context}  # titles are unique
     items = typed(value, list, "supporting_facts", where)
+    if not items:  # a question without evidence has nothing to retrieve: no [RQ] can be labelled
+        raise where.error("supporting_facts", "must not be empty")
     return tuple(_parse_fact(item, f"supporting_facts[{i}]", sizes, where) for i, item in enumerate(items))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -22,6 +24,11 @@ OnError = Literal["raise", "skip"]
 FIELD_ROOT = "<root>"
 FIELD_JSON = "<json>"
 FIELD_ENCODING = "<encoding>"
+FIELD_COMPRESSION = "<compression>"
+
+# A lone UTF-16 surrogate: JSON can spell one ("\\ud800"), Python keeps it in a str, and no UTF-8 writer
+# can encode it, so it would crash whichever stage writes the record next.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,20 @@ def json_type(value: Any) -> str:
 
 
 def typed(value: Any, expected: type, field: str, where: Where) -> Any:
-    """Return ``value`` if it has the expected JSON type (booleans are never integers)."""
+    """Return ``value`` if it has the expected JSON type (booleans are never integers); a string must
+    also be encodable text (no lone surrogate)."""
     if isinstance(value, bool) or not isinstance(value, expected):
         raise where.error(field, f"expected {JSON_NAMES[expected]}, got {json_type(value)}")
+    if expected is str:
+        check_text(value, field, where)
+    return value
+
+
+def check_text(value: str, field: str, where: Where) -> str:
+    """``value`` unless it holds a lone surrogate, which no UTF-8 file can store."""
+    bad = _LONE_SURROGATE.search(value)
+    if bad:
+        raise where.error(field, f"lone surrogate U+{ord(bad.group()):04X} at char {bad.start()}: not encodable text")
     return value
 
 
@@ -102,6 +120,9 @@ def head_lines(stream: TextIO) -> list[str]:
     return lines
 
 
+_TOO_DEEP = "JSON nested too deeply to read"
+
+
 def iter_array(file: str, text: str) -> Iterator[Raw]:
     try:
         data = json.loads(text)
@@ -110,6 +131,10 @@ def iter_array(file: str, text: str) -> Iterator[Raw]:
             file, FILE_RECORD, FIELD_JSON,
             f"invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}",
         ) from None
+    except RecursionError:
+        raise DataError(file, FILE_RECORD, FIELD_JSON, _TOO_DEEP) from None
+    if not isinstance(data, list):
+        raise DataError(file, FILE_RECORD, FIELD_ROOT, f"expected a JSON array, got {json_type(data)}")
     for index, value in enumerate(data):
         yield Raw(f"#{index}", value)
 
@@ -125,6 +150,9 @@ def iter_jsonl(file: str, lines: Iterable[str]) -> Iterator[Raw]:
         except json.JSONDecodeError as exc:
             message = f"invalid JSON at column {exc.colno}: {exc.msg}"
             yield Raw(position, error=DataError(file, position, FIELD_JSON, message))
+            continue
+        except RecursionError:
+            yield Raw(position, error=DataError(file, position, FIELD_JSON, _TOO_DEEP))
             continue
         yield Raw(position, value)
 
@@ -157,9 +185,11 @@ def collect_records(
     file = source_name(path)
     items: list = []
     errors: list[DataError] = []
+    last = "the start"
     with open_text(path) as stream:
         try:
             for raw in iter_raw(file, stream):
+                last = raw.position
                 try:
                     items.append(decode(file, raw))
                 except DataError as exc:
@@ -167,7 +197,10 @@ def collect_records(
                         raise
                     errors.append(exc)
         except UnicodeDecodeError as exc:
-            raise DataError(file, FILE_RECORD, FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
+            raise DataError(file, FILE_RECORD, FIELD_ENCODING, f"not valid UTF-8 after {last}: {exc}") from None
+        except (EOFError, zlib.error, OSError) as exc:  # gzip.BadGzipFile is an OSError
+            raise DataError(file, FILE_RECORD, FIELD_COMPRESSION,
+                            f"truncated or corrupt file after {last}: {type(exc).__name__}: {exc}") from None
     return items, errors
 
 

@@ -104,7 +104,7 @@ def link_windows(
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].text))  # similar lengths per batch
     for i in range(0, len(order), batch_size):
         batch = [windows[j] for j in order[i:i + batch_size]]
-        prompts = [tok.prefix() + tok(w.text + "\n") for w in batch]
+        prompts = [tok.prompt(w.text + "\n") for w in batch]
         text_tokens = max(len(tok(w.text)) for w in batch)
         policy = RetrievalPolicy(mode="link", max_retrievals=max_retrievals,
                                  max_new_tokens=2 * text_tokens + 4 * max_retrievals + 8)
@@ -195,3 +195,150 @@ def score_linking(
 
 def gold_by_article(articles: Sequence[ElevantArticle]) -> dict[str, set[tuple]]:
     return {article_key(a): gold_sets(a)[0] for a in articles}
+
+
+# --------------------------------------------------------------------------- ELEVANT's own rules
+# ELEVANT (ad-freiburg/elevant, src/elevant/evaluation/{case_generator,case,evaluator,mention_type}.py)
+# scores a linked-articles file differently from the exact-span strong matching above; both are
+# reported, each under its own name. Its InKB ("IGNORED") mode is reproduced here:
+# - spans are widened to word boundaries (over alphanumerics and ' " _) and a gold label matches a
+#   prediction when either span or either widened span coincide;
+# - a prediction that matches no gold span is a false positive only if it carries an entity (not
+#   `<NIL>`, not a missing id); on a gold span a prediction without any id counts as a known entity;
+# - coreference is inferred from the mention text (pronouns, "the/this/his … " + a lower-case word)
+#   when a label has no `coref` flag; coreference mentions count for linking ("all") but not for NER;
+# - optional labels (and DATETIME/QUANTITY ones) can only add false positives;
+# - a parent label and its children count as one unit (one TP or one FN at the root).
+# Difference left: ELEVANT tells an explicit `"coref": false` from an absent key; our loader reads both
+# as False, so such a label whose text looks like a pronoun is treated as coreference here.
+
+_PRONOUNS = frozenset("i my me myself mine you your yourself yours he his him himself she her herself hers it its "
+                      "itself we us our ourselves ours yourselves they their them themselves theirs".split())
+_COREF_PREFIXES = ("the ", "that ", "this ", "these ", "those ", "my ", "your ", "his ", "her ", "its ", "our ",
+                   "their ")
+UNKNOWN_IDS = ("<NIL>", "<NO_MAPPING>")
+
+
+def word_boundary(span: tuple[int, int], text: str) -> tuple[int, int]:
+    """ELEVANT's `word_boundary`: widen over alphanumerics and ' " _ (never over the text's last
+    character), then drop a leading unpaired double quote."""
+    s, e = span
+    while s > 0 and (text[s - 1].isalnum() or text[s - 1] in "'\"_"):
+        s -= 1
+    while e < len(text) - 1 and (text[e].isalnum() or text[e] in "'\"_"):
+        e += 1
+    if s < len(text) and text[s] == '"' and '"' not in text[s + 1:e]:
+        s += 1
+    return s, e
+
+
+def is_coreference(mention: str) -> bool:
+    if mention.lower() in _PRONOUNS and (not mention.isupper() or mention.lower() == "i"):
+        return True
+    lower = mention.lower()
+    return any(lower.startswith(p) and len(mention) > len(p) and not mention[len(p)].isupper()
+               for p in _COREF_PREFIXES)
+
+
+def _is_optional(lb) -> bool:
+    return lb.optional or bool(lb.type and ("DATETIME" in lb.type or "QUANTITY" in lb.type))
+
+
+def _link_types(lb, pred: str | None, found: bool) -> tuple[set[str], set[str]]:
+    """(linking types, NER types) of a gold case in InKB mode; `pred` is the predicted id (None = no id,
+    which counts as a known entity), `found` whether a prediction matched."""
+    unknown_gold = lb.entity_id in UNKNOWN_IDS
+    if not found:
+        if _is_optional(lb) or unknown_gold:
+            return set(), set()
+        return {"FN"}, {"FN"}
+    known_pred = pred not in UNKNOWN_IDS
+    if _is_optional(lb):
+        if not known_pred:
+            return set(), set()
+        if unknown_gold:
+            return {"FP"}, {"FP"}
+        return (set() if pred == lb.entity_id else {"FP"}), set()
+    if unknown_gold:
+        return ({"FP"}, {"FP"}) if known_pred else (set(), set())
+    if not known_pred:
+        return {"FN"}, {"FN"}
+    return ({"TP"} if pred == lb.entity_id else {"FN", "FP"}), {"TP"}
+
+
+def score_elevant(articles: Sequence[ElevantArticle],
+                  predictions: dict[str, list[PredictedMention]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{"all" | benchmark: {"ner" | "linking": {precision, recall, f1, tp, fp, fn}}} by ELEVANT's rules
+    (InKB mode): `ner` is its "NER" figure, `linking` its "all" mention type. A prediction's
+    `entity_id` None means "no id"; export unlinked mentions as `<NIL>` (as ELEVANT's linkers do)."""
+    counts: dict[str, dict[str, Counter]] = {}
+    for a in articles:
+        text = a.text
+        lo, hi = a.evaluation_span or (0, len(text))
+        preds: dict[tuple[int, int], str | None] = {}
+        for p in sorted(predictions.get(article_key(a), []), key=lambda p: (p.start, p.end)):
+            preds[(p.start, p.end)] = p.entity_id
+        widened = {word_boundary(s, text): v for s, v in preds.items()}
+        everything = {**preds, **widened}  # widened keys overwrite exact ones, as in ELEVANT
+        gold_spans = {lb.span for lb in a.labels} | {word_boundary(lb.span, text) for lb in a.labels}
+        by_id = {lb.id: lb for lb in a.labels}
+
+        def match(lb):
+            for s in (lb.span, word_boundary(lb.span, text)):
+                if s in everything:
+                    return True, everything[s]
+            return False, None
+
+        cases = {}  # label id -> (linking types, ner types, factor)
+        for lb in a.labels:
+            found, pred = match(lb)
+            cases[lb.id] = [*_link_types(lb, pred, found), 1, found]
+        for lb in a.labels:  # nested labels: a parent and its children are one unit
+            if lb.parent is not None or not lb.children:
+                continue
+            kids = [by_id[c] for c in lb.children if c in by_id]
+            if cases[lb.id][0] == {"TP"}:
+                for k in kids:
+                    cases[k.id][2] = 0
+                continue
+            if not any(cases[k.id][3] for k in kids):
+                for k in kids:
+                    cases[k.id][2] = 0
+                continue
+            cases[lb.id][2] = 0
+            parent_wb = word_boundary(lb.span, text)
+            live = []
+            for k in kids:
+                detected = cases[k.id][3]
+                cases[k.id][2] = 1 if (detected and word_boundary(k.span, text) != parent_wb) or not detected else 0
+                if cases[k.id][2]:
+                    live.append(cases[k.id])
+            link_kids = [t for c in live for t in c[0]]
+            ner_kids = [t for c in live for t in c[1]]
+            cases[lb.id][0] = {"FN"} if "FN" in link_kids else ({"TP"} if link_kids and set(link_kids) == {"TP"} else set())
+            cases[lb.id][1] = {"FN"} if "FN" in ner_kids else ({"TP"} if ner_kids and set(ner_kids) == {"TP"} else set())
+        c = Counter()
+        for lb in a.labels:
+            link, ner, factor, _ = cases[lb.id]
+            coref = lb.coref or is_coreference(text[lb.span_start:lb.span_end])
+            root = lb.parent is None
+            for kind, types in (("linking", link), ("ner", ner)):
+                if kind == "ner" and coref:
+                    continue
+                c[f"{kind}_tp"] += int("TP" in types and root)
+                c[f"{kind}_fn"] += int("FN" in types and root)
+                c[f"{kind}_fp"] += int("FP" in types and factor != 0)
+        for span, pred in preds.items():  # predictions on no gold span
+            if span in gold_spans or word_boundary(span, text) in gold_spans:
+                continue
+            if pred is None or pred in UNKNOWN_IDS or not (lo <= span[0] and span[1] <= hi):
+                continue
+            c["linking_fp"] += 1
+            if not is_coreference(text[span[0]:span[1]]):
+                c["ner_fp"] += 1
+        for bucket in ("all", a.benchmark):
+            counts.setdefault(bucket, {"ner": Counter(), "linking": Counter()})
+            for kind in ("ner", "linking"):
+                counts[bucket][kind].update({k.split("_")[1]: v for k, v in c.items() if k.startswith(kind)})
+    return {b: {k: {**prf_from_counts(v["tp"], v["fp"], v["fn"]), **{n: int(v[n]) for n in ("tp", "fp", "fn")}}
+                for k, v in kinds.items()} for b, kinds in counts.items()}

@@ -21,15 +21,14 @@ from typing import Literal
 
 import numpy as np
 
-from onegen_core.data.multihop import MultiHopRecord
+from onegen_core.data.multihop import MultiHopRecord, Paragraph
 from onegen_core.evaluation.metrics import exact_match, f1
 from onegen_core.inference.generation import EngineStats, GenerationResult, RetrievalPolicy, generate
 from onegen_core.inference.index import VectorIndex
 from onegen_core.method.encoding import SegmentTokenizer
-from onegen_core.method.prompts import QUESTION_PREFIX, question_prompt
-from onegen_core.method.segments import sentence_unit_id
+from onegen_core.method.prompts import QUESTION_PREFIX, chat_wrapper, question_prompt
 from onegen_core.method.tokens import FINAL_CLOSE, FINAL_OPEN, PARAGRAPH_CLOSE, SPECIAL_TOKENS
-from onegen_core.prepare.multihop import paragraph_id
+from onegen_core.prepare.multihop import paragraph_document, paragraph_id, positive_units
 
 Setting = Literal["distractor", "open"]
 # (row in the batch, row's token ids up to and including [RQ]) -> query vector (baseline retrievers)
@@ -51,18 +50,27 @@ def strip_special(text: str) -> str:
     return " ".join(text.split())
 
 
-def pipeline_query_text(decoded: str, question: str) -> str:
-    """What a separate retriever is given at a [RQ]: the question plus what the model wrote since the
-    last pasted passage (the sub-question in the explicit style; nothing more in the implicit style)."""
-    tail = decoded.rsplit(PARAGRAPH_CLOSE, 1)[1] if PARAGRAPH_CLOSE in decoded else ""
-    return f"{question} {strip_special(tail)}".strip()
+def pipeline_query_text(question: str, continuation: str, style: str = "implicit") -> str:
+    """What a separate retriever is given at a [RQ]: the same information OneGen's [RQ] has read.
+    Implicit style: the question plus everything pasted or generated since the prompt (passages,
+    sub-answers). Explicit style: the sub-question written since the last pasted passage (the question
+    when none was written)."""
+    if style == "explicit":
+        tail = continuation.rsplit(PARAGRAPH_CLOSE, 1)[-1]
+        return strip_special(tail) or question
+    return f"{question} {strip_special(continuation)}".strip()
 
 
-def query_text_of(tokenizer, seq: Sequence[int]) -> str:
-    """`pipeline_query_text` of a row's token ids (prompt + continuation up to its [RQ])."""
+def query_text_of(tokenizer, seq: Sequence[int], style: str = "implicit") -> str:
+    """`pipeline_query_text` of a row's token ids (prompt + continuation up to its [RQ]): the question is
+    read off the prompt's question line, the continuation is what follows the prompt (after the chat
+    template's assistant header when the tokenizer has one)."""
     decoded = tokenizer.decode(list(seq), skip_special_tokens=False)
-    question = decoded.split(QUESTION_PREFIX, 1)[-1].split("\n", 1)[0]
-    return pipeline_query_text(decoded, question)
+    question, _, continuation = decoded.split(QUESTION_PREFIX, 1)[-1].partition("\n")
+    chat = chat_wrapper(tokenizer)
+    if chat and continuation.startswith(chat[1]):
+        continuation = continuation[len(chat[1]):]
+    return pipeline_query_text(question, continuation, style)
 
 
 @dataclass
@@ -73,15 +81,20 @@ class MultihopGold:
 
 
 def gold_of(record: MultiHopRecord) -> MultihopGold:
-    by_title = {p.title: p for p in record.context}
+    """Gold paragraphs and gold units, with the positives training used (App. G.1): every sentence of a
+    gold paragraph at or after its first supporting sentence."""
+    by_title: dict[str, Paragraph] = {}
+    for p in record.context:
+        by_title.setdefault(p.title, p)  # the first paragraph of a title, as `MultiHopRecord.paragraph`
     docs, units = set(), set()
-    for f in record.supporting_facts:
-        p = by_title.get(f.title)
-        if p is None:
+    for title in record.supporting_titles():
+        p = by_title.get(title)
+        if p is None or not p.sentences:
             continue
-        pid = paragraph_id(p)
-        docs.add(pid)
-        units.add(sentence_unit_id(pid, f.sentence))
+        supporting = tuple(f.sentence for f in record.supporting_facts if f.title == title)
+        doc = paragraph_document(p, "sentence")
+        docs.add(doc.id)
+        units.update(positive_units(doc, supporting))
     return MultihopGold(frozenset(docs), frozenset(units),
                         frozenset(paragraph_id(p) for p in record.context if p.sentences))
 
@@ -179,7 +192,7 @@ def evaluate_multihop(
     rows: list[dict] = []
     for i in range(0, len(records), batch_size):
         batch = list(records[i:i + batch_size])
-        prompts = [tok.prefix() + tok(question_prompt(r.question)) for r in batch]
+        prompts = [tok.prompt(question_prompt(r.question)) for r in batch]
         allowed = [gold_of(r).candidates for r in batch] if setting == "distractor" else None
         results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
                            allowed=allowed, query_encoder=query_encoder, stats=stats)

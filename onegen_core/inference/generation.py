@@ -36,6 +36,21 @@ from onegen_core.method.tokens import SpecialTokenIds
 TokenChooser = Callable[[int, torch.Tensor, list[int]], "int | list[int]"]
 
 
+@dataclass
+class StreamHooks:
+    """Per-row callbacks for serving, called from the generating thread between forward passes: a server
+    streams each row's tokens and retrievals as they happen and stops a row whose client left or whose
+    deadline passed. They observe; they never feed tokens or add a forward pass (a chooser does that)."""
+
+    # (row, token id): a sampled token as it enters the row's sequence ([RQ] included; EOS and an [RQ]
+    # refused by the retrieval cap are not fed, so they are not reported; injected chunks neither)
+    on_token: Callable[[int, int], None] | None = None
+    # (row, event, hits best first): right after the search of that row's [RQ], before anything is pasted
+    on_retrieval: Callable[[int, RetrievalEvent, list[Hit]], None] | None = None
+    # (row) -> a finish reason to stop the row before it samples its next token, or None to go on
+    should_stop: Callable[[int], str | None] | None = None
+
+
 def default_paste(hit: Hit | None) -> str:
     """R→G: the passage as training pasted it (`<paragraph>{title}: {text}</paragraph>`); an empty
     paragraph when nothing was retrievable, so generation still resumes from a GEN position."""
@@ -53,6 +68,9 @@ class RetrievalPolicy:
     top_p: float = 1.0
     seed: int = 0
     paste: Callable[[Hit | None], str] = default_paste
+    # a document already pasted into a row is not retrieved again by that row (R→G): the same rule for
+    # OneGen and every baseline retriever, so a later hop cannot fetch the passage it is reading
+    exclude_pasted: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("rag", "link"):
@@ -105,6 +123,7 @@ class _Row:
     sampled: int = 0
     retrievals: list[RetrievalEvent] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
+    pasted: set[str] = field(default_factory=set)  # doc ids of the passages pasted into this row
     finish: str | None = None
 
 
@@ -137,6 +156,7 @@ def generate(
     query_encoder: Callable[[list[int], int], np.ndarray] | None = None,
     paste_without_search: Callable[[int, int], Hit | None] | None = None,
     stats: EngineStats | None = None,
+    hooks: StreamHooks | None = None,
 ) -> list[GenerationResult]:
     """Generate for a batch of prompts, retrieving whenever a row emits `[RQ]`.
 
@@ -145,7 +165,8 @@ def generate(
     retrieve (distractor setting). choose: overrides greedy/sampling (benchmarks script the tokens).
     query_encoder(row, ...) → (dim,) replaces the [RQ] hidden state (baselines; its passes are counted
     by the caller into `stats.query_encoder_passes`). paste_without_search(row, n) → the hit pasted for
-    the n-th retrieval of `row` without any search (lower bound).
+    the n-th retrieval of `row` without any search (lower bound). hooks: streaming callbacks and a
+    per-row stop (serving); a row stopped by `hooks.should_stop` finishes with the reason it returned.
     """
     policy = policy or RetrievalPolicy()
     if index is not None and checkpoint_id is not None:
@@ -182,6 +203,11 @@ def generate(
             if r.sampled >= policy.max_new_tokens:
                 r.finish = "length"
                 continue
+            if hooks is not None and hooks.should_stop is not None:
+                reason = hooks.should_stop(b)
+                if reason:
+                    r.finish = reason
+                    continue
             t = choose(b, next_logits[b], r.seq) if choose else _choose(next_logits[b], policy, gen)
             if isinstance(t, (list, tuple)):
                 if not t:
@@ -198,6 +224,8 @@ def generate(
                     r.pending = [ids.rq, ids.con] if policy.mode == "link" else [ids.rq]
             else:
                 r.pending = [t]
+            if r.pending and hooks is not None and hooks.on_token is not None:
+                hooks.on_token(b, t)
         fed = [b for b, r in enumerate(rows) if r.pending and not r.finish]
         if not fed:
             break
@@ -238,7 +266,11 @@ def generate(
                 r = rows[b]
                 ev = r.retrievals[-1]
                 ev.ids, ev.scores = [h.id for h in row_hits], [h.score for h in row_hits]
+                if hooks is not None and hooks.on_retrieval is not None:
+                    hooks.on_retrieval(b, ev, list(row_hits))
                 if policy.mode == "rag":
+                    if row_hits:
+                        r.pasted.add(row_hits[0].doc_id)
                     paste = tokenizer(policy.paste(row_hits[0] if row_hits else None), add_special_tokens=False)
                     r.pending, r.injecting = list(paste["input_ids"]), True
 
@@ -264,7 +296,7 @@ def _prompt_ids(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> 
     from onegen_core.method.encoding import SegmentTokenizer
 
     tok = SegmentTokenizer(tokenizer)
-    return [list(p) if not isinstance(p, str) else tok.prefix() + tok(p) for p in prompts]
+    return [list(p) if not isinstance(p, str) else tok.prompt(p) for p in prompts]
 
 
 def _forward(decoder, chunk: torch.Tensor, attn: torch.Tensor, cache, stats: EngineStats):
@@ -288,7 +320,10 @@ def _search(index, queries, policy, allowed, paste_without_search, rows, stats) 
     t0 = time.perf_counter()
     vecs = np.stack([v for _, v in queries])  # (n, dim)
     allow = [allowed[b] for b, _ in queries] if allowed is not None else None
-    hits = index.search(vecs, policy.top_k, allow)
+    if policy.exclude_pasted and policy.mode == "rag" and any(rows[b].pasted for b, _ in queries):
+        hits = index.search(vecs, policy.top_k, allow, [set(rows[b].pasted) for b, _ in queries])
+    else:
+        hits = index.search(vecs, policy.top_k, allow)
     stats.searches += len(queries)
     stats.search_seconds += time.perf_counter() - t0
     return hits

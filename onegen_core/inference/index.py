@@ -44,10 +44,12 @@ class VectorIndex(Protocol):
     dim: int
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None
+        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None,
+        exclude: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Hit]]:
         """queries (n, dim) float32, L2-normalised; `allowed[i]` restricts query i to those unit or
-        document ids (the distractor setting); returns the top-k hits per query, best first."""
+        document ids (the distractor setting), `exclude[i]` removes those (passages already pasted);
+        returns the top-k hits per query, best first."""
         ...
 
 
@@ -57,6 +59,18 @@ def check_checkpoint(index: VectorIndex, checkpoint_id: str) -> None:
             f"index was encoded by checkpoint {index.checkpoint_id!r} but the querying model is "
             f"{checkpoint_id!r}: vectors from different checkpoints are not comparable; re-encode the corpus"
         )
+
+
+def candidate_scores(records: Sequence[UnitRecord], scores: np.ndarray, allowed: Collection[str] | None,
+                     exclude: Collection[str] | None) -> np.ndarray:
+    """`scores` (n_units,) with -inf for units outside `allowed` or inside `exclude` (unit or doc ids)."""
+    if allowed is not None:
+        keep = np.array([r.id in allowed or r.doc_id in allowed for r in records], dtype=bool)
+        scores = np.where(keep, scores, -np.inf)
+    if exclude:
+        drop = np.array([r.id in exclude or r.doc_id in exclude for r in records], dtype=bool)
+        scores = np.where(drop, -np.inf, scores)
+    return scores
 
 
 class ExactIndex:
@@ -78,16 +92,15 @@ class ExactIndex:
         return len(self.records)
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None
+        self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None,
+        exclude: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)
         scores = q @ self.vectors.T  # (n_queries, n_units)
         out: list[list[Hit]] = []
         for i in range(q.shape[0]):
-            s = scores[i]
-            if allowed is not None and allowed[i] is not None:
-                keep = np.array([r.id in allowed[i] or r.doc_id in allowed[i] for r in self.records])
-                s = np.where(keep, s, -np.inf)
+            s = candidate_scores(self.records, scores[i], allowed[i] if allowed is not None else None,
+                                 exclude[i] if exclude is not None else None)
             top = np.argsort(-s, kind="stable")[:k]
             out.append([self._hit(int(j), float(s[j])) for j in top if np.isfinite(s[j])])
         return out

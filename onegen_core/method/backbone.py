@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -147,6 +148,8 @@ def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
     name_or_path = resolve_backbone_name(name_or_path)
     if name_or_path.endswith(".gguf"):
         model, tokenizer = load_gguf(name_or_path, cfg)
+        if cfg.chat_template == "none":
+            tokenizer.chat_template = None  # saved without it: every later use of the checkpoint agrees
         return model, tokenizer, add_special_tokens(tokenizer, model)
     meta = read_meta(name_or_path)
     if meta.get("tokenizer") == "bpe-trained":
@@ -159,6 +162,8 @@ def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
         attn_implementation=cfg.attn_implementation,
         use_safetensors=True,  # never unpickle weights
     )
+    if cfg.chat_template == "none":
+        tokenizer.chat_template = None  # saved without it: every later use of the checkpoint agrees
     ids = add_special_tokens(tokenizer, model)
     return model, tokenizer, ids
 
@@ -199,9 +204,34 @@ def weights_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+def check_path_id(value: object, what: str = "id") -> str:
+    """`value` if it is safe as one path component (letters, digits, `.`, `_`, `-`; not starting with
+    `.`), else `ValueError`: ids from files become directory names (`runs/evaluate/<checkpoint_id>-…`),
+    and `../x` or `/x` would escape them."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not a safe path component (letters, digits, '.', '_', '-')")
+    return value
+
+
 def checkpoint_id(path: str | Path) -> str:
-    """The id recorded in a saved checkpoint's `onegen.json` (computed from its weights if absent)."""
-    return read_meta(path).get("checkpoint_id") or weights_digest(path)
+    """The id of a saved checkpoint: the digest of its weights. The id `onegen.json` records is checked
+    against it, never trusted instead of it: weights replaced or edited after the save, or an edited id
+    (which later becomes a directory name), are errors naming the file."""
+    digest = weights_digest(path)
+    meta_file = Path(path) / META_FILE
+    try:
+        stored = read_meta(path).get("checkpoint_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{meta_file}: not a JSON object: {e}") from None
+    if stored is not None:
+        check_path_id(stored, f"{meta_file}: field 'checkpoint_id'")
+        if stored != digest:
+            raise ValueError(f"{meta_file}: field 'checkpoint_id' is {stored!r} but the weights' digest is {digest!r} "
+                             "(weights changed after the save, or the file was edited); save the checkpoint again")
+    return digest
 
 
 def build_backbone(cfg: BackboneConfig, corpus_texts: Iterable[str] | None, vocab_size: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onegen_core.method.segments import Document, Retrieval, Role, Text, TrainingExample
+from onegen_core.method.segments import Document, Retrieval, Role, Text, TrainingExample, escape_special_tokens
 from onegen_core.method.tokens import SpecialTokenIds
 
 IGNORE_INDEX = -100
@@ -43,6 +43,9 @@ class SegmentTokenizer:
             probe = tokenizer("a", add_special_tokens=True)["input_ids"]
             add_bos = self.ids.bos is not None and len(probe) > 0 and probe[0] == self.ids.bos
         self.add_bos = add_bos
+        from onegen_core.method.prompts import chat_wrapper
+
+        self.chat = chat_wrapper(tokenizer)
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, text: str) -> list[int]:
@@ -55,6 +58,18 @@ class SegmentTokenizer:
 
     def prefix(self) -> list[int]:
         return [self.ids.bos] if self.add_bos else []
+
+    def prompt(self, text: str) -> list[int]:
+        """The ids of a sequence that starts with the prompt `text`: inside the chat template (user turn,
+        then the assistant header) when the tokenizer has one, else after the BOS the model expects.
+        The prompt is data text (a question, an article): a special token spelled in it is escaped
+        (`escape_special_tokens`), at inference exactly as in training."""
+        text = escape_special_tokens(text)
+        if self.chat is None:
+            return self.prefix() + self(text)
+        before, after = self.chat
+        bos = self.prefix() if self.add_bos and not before.startswith(self.tokenizer.bos_token or "\x00") else []
+        return bos + self(before) + self(text) + self(after)
 
 
 def _finish(
@@ -89,12 +104,18 @@ def _finish(
 
 
 def encode_example(example: TrainingExample, tok: SegmentTokenizer, max_length: int | None = None) -> EncodedSequence:
-    """Encode the main sequence of `example`, ending with EOS so a trained model learns to stop."""
-    ids: list[int] = tok.prefix()
+    """Encode the main sequence of `example`, ending with EOS so a trained model learns to stop. A leading
+    given text is the prompt (`SegmentTokenizer.prompt`: inside the chat template when there is one),
+    exactly as inference builds it."""
+    segments = list(example.segments)
+    if segments and isinstance(segments[0], Text) and not segments[0].generated:
+        ids: list[int] = tok.prompt(segments.pop(0).text)
+    else:
+        ids = tok.prefix()
     emitted = [False] * len(ids)
     ret: list[str | None] = [None] * len(ids)
     is_query = [False] * len(ids)
-    for seg in example.segments:
+    for seg in segments:
         if isinstance(seg, Retrieval):
             # [RQ] is emitted by the model (the previous position learns to predict it) and its own
             # position is RET.

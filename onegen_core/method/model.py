@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from onegen_core.config import LossConfig
 from onegen_core.method.collator import Batch
 from onegen_core.method.encoding import IGNORE_INDEX
+from onegen_core.method.frozen_layers import LowerStateCache, freeze_below, run_layers, token_chunks
 from onegen_core.method.losses import bpr_loss, info_nce_loss
 from onegen_core.method.pairs import sample_pairs
 
@@ -51,23 +52,44 @@ class OneGenModel(torch.nn.Module):
         # number of document chunks to the largest over ranks; the difference is made up with
         # one-token dummy passes. None (single process): no padding calls.
         self.agree_calls: Callable[[int], int] | None = None
+        # train.trainable_layers > 0: the frozen lower layers' output per sequence (see frozen_layers)
+        self.lower_cache: LowerStateCache | None = None
+
+    def train_top_layers(self, trainable_layers: int, cache_dtype: torch.dtype = torch.float32) -> None:
+        """Train only the top `trainable_layers` decoder layers (and the final norm); the frozen layers'
+        output is computed once per sequence and cached (in `cache_dtype`; the frozen weights are stored in
+        it too when it is not float32). 0 = every layer, no cache."""
+        if trainable_layers <= 0 or self.lower_cache is not None:
+            return
+        split = freeze_below(self.lm, trainable_layers, cache_dtype if cache_dtype != torch.float32 else None)
+        if split:
+            self.lower_cache = LowerStateCache(split, cache_dtype)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states after the final norm, (rows, seq, dim): the vectors the LM head
-        reads and that inference takes for [RQ]."""
+        reads and that inference takes for [RQ]. With a lower-state cache, the frozen layers' output
+        comes from the cache and only the trainable layers run (the same values)."""
+        if self.lower_cache is not None:
+            lower = self.lower_cache.lookup(self.lm, input_ids, attention_mask)  # (rows, seq, dim)
+            return run_layers(self.lm, lower, attention_mask, self.lower_cache.split)
         out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
     def vectors_at(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor, rows_per_chunk: int = 8
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor, chunk_tokens: int = 4096
     ) -> torch.Tensor:
         """Last-layer hidden states at `index` (n, 2) of (row, position) → (n, dim).
 
-        Rows are run in chunks of similar length, each trimmed to its own longest row: documents vary
-        a lot in length and padding them all to the longest one wasted ~40% of the decoder's work on
-        HotpotQA paragraphs. Rows are independent, so the vectors are the same as one padded pass.
+        Rows are run in chunks of similar length, each trimmed to its own longest row and holding at most
+        `chunk_tokens` padded tokens: documents vary a lot in length and padding them all to the
+        longest one wasted ~40% of the decoder's work on HotpotQA paragraphs, while one call per eight
+        ten-token entity descriptions wasted most of it on call overhead. Rows are independent, so the
+        vectors are the same as one padded pass.
         """
-        n_chunks = -(-input_ids.shape[0] // rows_per_chunk) if index.shape[0] else 0
+        lengths = attention_mask.sum(dim=1)  # (rows,)
+        order = lengths.argsort(descending=True)
+        spans = token_chunks(lengths[order].tolist(), chunk_tokens) if index.shape[0] else []
+        n_chunks = len(spans)
         pad_calls = self.agree_calls(n_chunks) - n_chunks if self.agree_calls else 0
         # dummy passes keep call counts equal across ranks; `* 0` keeps them in the graph so the
         # backward pass (which gathers weights again under ZeRO-3) matches too
@@ -79,12 +101,10 @@ class OneGenModel(torch.nn.Module):
             if dummy is None:
                 dummy = self._dummy_pass(input_ids)
             return dummy.new_zeros((0, dummy.shape[-1])) + dummy.sum() * 0.0  # (0, dim)
-        lengths = attention_mask.sum(dim=1)  # (rows,)
-        order = lengths.argsort(descending=True)
         local = torch.full_like(lengths, -1)
         pieces, which = [], []
-        for start in range(0, len(order), rows_per_chunk):
-            rows = order[start:start + rows_per_chunk]
+        for start, stop in spans:
+            rows = order[start:stop]
             width = int(lengths[rows].max())
             h = self.hidden_states(input_ids[rows, :width], attention_mask[rows, :width])  # (chunk, width, dim)
             local[rows] = torch.arange(len(rows), device=rows.device)

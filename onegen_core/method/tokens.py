@@ -77,32 +77,47 @@ class SpecialTokenIds:
 def add_special_tokens(tokenizer, model: torch.nn.Module | None = None) -> SpecialTokenIds:
     """Add the OneGen tokens to `tokenizer` (and grow `model`'s embeddings to match).
 
-    New embedding rows (input and, when untied, output) start at the mean of the existing rows:
-    a random row would give the new tokens a norm unlike any real token and destabilise the first
-    steps; the mean is a neutral, deterministic start (Hewitt, 2021).
-    Idempotent: tokens already present keep their ids.
+    A new embedding row (input and, when untied, output) starts at the mean of the rows of the pieces
+    the tokenizer split the token's literal text into before it was added (`[RQ]` → `[`, `RQ`, `]`).
+    A random row would give the new tokens a norm unlike any real token and destabilise the first
+    steps; one shared mean row would make every OneGen token identical, which a recipe that keeps the
+    embeddings frozen (`train.trainable_layers`) could never undo: `[RQ]` and `</FINAL-ANSWER>` would
+    then have the same input vector and the same logit. The pieces' mean is distinct per token,
+    near real tokens and deterministic.
+    Idempotent: tokens already present keep their ids and rows.
     """
+    present = set(tokenizer.get_vocab())
+    pieces = {tok: list(tokenizer(tok, add_special_tokens=False)["input_ids"])
+              for tok in SPECIAL_TOKENS if tok not in present}
     tokenizer.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
     if tokenizer.pad_token is None:
         # Padding positions are masked out of attention and loss, so re-using EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
     ids = SpecialTokenIds.from_tokenizer(tokenizer)
     if model is not None:
-        resize_embeddings(model, len(tokenizer))
+        resize_embeddings(model, len(tokenizer), {ids[t]: p for t, p in pieces.items()})
     return ids
 
 
 @torch.no_grad()
-def resize_embeddings(model: torch.nn.Module, vocab_size: int) -> None:
-    """Grow (never shrink) the embedding matrices to `vocab_size`, new rows = mean of old rows."""
+def resize_embeddings(model: torch.nn.Module, vocab_size: int, pieces: dict[int, list[int]] | None = None) -> None:
+    """Grow (never shrink) the embedding matrices to `vocab_size`. New row i starts at the mean of the
+    old rows `pieces[i]` (see `add_special_tokens`), or at the mean of all old rows without pieces."""
     old = model.get_input_embeddings().weight.shape[0]
     if vocab_size <= old:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
-    inp = model.get_input_embeddings().weight  # (vocab, dim)
-    inp[old:] = inp[:old].mean(dim=0, keepdim=True)
+
+    def init(weight: torch.Tensor) -> None:  # (vocab, dim)
+        mean = weight[:old].mean(dim=0)
+        for i in range(old, vocab_size):
+            src = [j for j in (pieces or {}).get(i, []) if j < old]
+            weight[i] = weight[src].mean(dim=0) if src else mean
+
+    inp = model.get_input_embeddings().weight
+    init(inp)
     out = model.get_output_embeddings()
     if out is not None and out.weight.data_ptr() != inp.data_ptr():
-        out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+        init(out.weight)
         if getattr(out, "bias", None) is not None:
             out.bias[old:] = out.bias[:old].mean()

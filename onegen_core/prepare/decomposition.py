@@ -42,32 +42,34 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- prompt
 
-# Written from the paper's description of its Fig. 13 prompt (inputs: question, answer, related
-# documents; outputs: sub-questions, the document each needs, sub-answers, final answer); the exact
-# wording of the figure was not available. Tags make the answer machine-checkable; documents are
-# numbered so that a reference is unambiguous even when titles are long or similar.
-DECOMPOSITION_PROMPT = """\
-You are given a multi-hop question, its correct answer, and the documents needed to answer it.
-Decompose the question into the sequence of simpler sub-questions that a reader would answer one \
-after another to reach the answer. Each sub-question must be answerable from exactly one of the \
-documents below; name that document by its number, and give the sub-question's answer as found in \
-that document. Later sub-questions may use the answers of earlier ones. Finish with the final answer \
-to the original question.
+# The paper's Fig. 13 prompt, in its format: the question, its answer and the related documents go in;
+# the answer comes back as numbered <SUB-QUESTION-k>/<CORRESPONDING-DOC-k>/<SUB-ANSWER-k> tags and one
+# <FINAL-ANSWER>, after a one-shot example. The figure's tags and structure are the paper's; its exact
+# wording and example could not be retrieved offline (neither the paper's appendix nor the upstream code
+# carries the text), so the instruction sentences and the example below are ours. Documents are numbered
+# so that a reference is unambiguous even when titles are long or similar; the parser also accepts titles.
+DECOMPOSITION_PROMPT = """Decompose a multi-hop question into sub-questions. You are given the question, its correct answer and the documents needed to answer it. Write the sub-questions a reader answers one after another to reach the answer; each one must be answerable from exactly one of the documents. For each sub-question k, write the sub-question, the number of the document it needs and its answer as found in that document; later sub-questions may use earlier answers. Finish with the final answer to the question. Reply with the tags only, as in the example.
 
+### Example
+Question: Which country is the director of the film "Inception" from?
+Answer: United Kingdom
+Documents:
+[1] Inception: Inception is a 2010 science fiction film written and directed by Christopher Nolan.
+[2] Christopher Nolan: Christopher Nolan is a British-American filmmaker, born in London, United Kingdom.
+<SUB-QUESTION-1>Who directed the film Inception?</SUB-QUESTION-1>
+<CORRESPONDING-DOC-1>[1]</CORRESPONDING-DOC-1>
+<SUB-ANSWER-1>Christopher Nolan</SUB-ANSWER-1>
+<SUB-QUESTION-2>Which country is Christopher Nolan from?</SUB-QUESTION-2>
+<CORRESPONDING-DOC-2>[2]</CORRESPONDING-DOC-2>
+<SUB-ANSWER-2>United Kingdom</SUB-ANSWER-2>
+<FINAL-ANSWER>United Kingdom</FINAL-ANSWER>
+
+### Task
 Question: {question}
 Answer: {answer}
-
 Documents:
 {documents}
-
-Reply in exactly this format, with one <step> block per sub-question, in the order they are answered, \
-and nothing else:
-<step>
-<sub-question>the sub-question</sub-question>
-<document>[number of the document it needs]</document>
-<sub-answer>its answer</sub-answer>
-</step>
-<final-answer>the final answer</final-answer>"""
+"""
 
 
 def prompt_documents(record: MultiHopRecord) -> tuple[Paragraph, ...]:
@@ -176,13 +178,18 @@ def heuristic_decomposition(record: MultiHopRecord) -> Decomposition:
 
 def to_hops(decomposition: Decomposition, record: MultiHopRecord) -> list[Hop]:
     """The reconstruction hops of a decomposition: each step's positives are the supporting
-    sentences of its document. (Imports the torch-based reconstruction module only when called.)"""
+    sentences of its document; a step naming a paragraph the record lacks is a `ValueError`. (Imports
+    the torch-based reconstruction module only when called.)"""
     from onegen_core.prepare.multihop import Hop
 
     hops = []
-    for step in decomposition.steps:
+    titles = {p.title for p in record.context}
+    for i, step in enumerate(decomposition.steps):
+        if step.doc_title not in titles:  # a ValueError naming the field, which the label stage counts as a skip
+            raise ValueError(f"field 'steps[{i}].doc_title': {step.doc_title!r} names no paragraph of record "
+                             f"{record.id!r}")
         sentences = tuple(sorted({f.sentence for f in record.supporting_facts if f.title == step.doc_title}))
-        hops.append(Hop(title=step.doc_title, positive_sentences=sentences,
+        hops.append(Hop(title=step.doc_title, supporting_sentences=sentences,
                         sub_question=step.sub_question, sub_answer=step.sub_answer))
     return hops
 
@@ -218,20 +225,30 @@ class AnnotationRejected(ValueError):
 
 
 _FLAGS = re.IGNORECASE | re.DOTALL
-_STEP_OPEN = re.compile(r"<step>", re.IGNORECASE)
-_STEP_CLOSE = re.compile(r"</step>", re.IGNORECASE)
-_STEP = re.compile(r"<step>(.*?)</step>", _FLAGS)
-_FINAL = re.compile(r"<final-answer>(.*?)</final-answer>", _FLAGS)
+_FIELDS = (("sub_question", "SUB-QUESTION"), ("document", "CORRESPONDING-DOC"), ("sub_answer", "SUB-ANSWER"))
+_NUMBERED_TAG = re.compile(r"<(/?)(SUB-QUESTION|CORRESPONDING-DOC|SUB-ANSWER)-(\d+)>", re.IGNORECASE)
+_FINAL = re.compile(r"<FINAL-ANSWER>(.*?)</FINAL-ANSWER>", _FLAGS)
 _NUMBERED = re.compile(r"^(?:doc(?:ument)?\s*)?\[?\s*(\d+)\s*\]?\s*[:.\-–]?\s*(.*)$", _FLAGS)
 
 
-def _tag(block: str, name: str, step_no: int) -> str | None:
-    """The stripped content of the one ``<name>`` tag in a step block; None if absent or blank."""
-    found = re.findall(rf"<{name}>(.*?)</{name}>", block, _FLAGS)
-    if len(found) > 1:
-        raise AnnotationRejected("malformed_tags", f"step {step_no} has {len(found)} <{name}> tags")
-    value = found[0].strip() if found else ""
-    return value or None
+def _steps_tags(text: str) -> dict[int, dict[str, str]]:
+    """{k: {field: stripped content}} of every numbered tag; unbalanced or repeated tags are rejected."""
+    opened: dict[tuple[str, int], int] = {}
+    closed: dict[tuple[str, int], int] = {}
+    for m in _NUMBERED_TAG.finditer(text):
+        key = (m.group(2).upper(), int(m.group(3)))
+        (closed if m.group(1) else opened)[key] = (closed if m.group(1) else opened).get(key, 0) + 1
+    for key in set(opened) | set(closed):
+        if opened.get(key, 0) != closed.get(key, 0):
+            raise AnnotationRejected("malformed_tags", f"<{key[0]}-{key[1]}> opened {opened.get(key, 0)} times, "
+                                                        f"closed {closed.get(key, 0)} times")
+        if opened[key] > 1:
+            raise AnnotationRejected("malformed_tags", f"step {key[1]} has {opened[key]} <{key[0]}-{key[1]}> tags")
+    steps: dict[int, dict[str, str]] = {}
+    for field, tag in _FIELDS:
+        for m in re.finditer(rf"<{tag}-(\d+)>(.*?)</{tag}-\1>", text, _FLAGS):
+            steps.setdefault(int(m.group(1)), {})[field] = m.group(2).strip()
+    return steps
 
 
 def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> str:
@@ -258,42 +275,38 @@ def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> s
     raise AnnotationRejected("unknown_document", f"step {step_no} refers to {reference!r}, not in the context")
 
 
-def _parse_step(block: str, record: MultiHopRecord, step_no: int) -> Step:
-    if not block.strip():
+def _parse_step(tags: dict[str, str], record: MultiHopRecord, step_no: int) -> Step:
+    if not any(tags.values()):
         raise AnnotationRejected("empty_step", f"step {step_no} is empty")
-    sub_question = _tag(block, "sub-question", step_no)
-    reference = _tag(block, "document", step_no)
-    sub_answer = _tag(block, "sub-answer", step_no)
+    sub_question, reference, sub_answer = (tags.get(f) or None for f, _ in _FIELDS)
     if sub_question is None:
-        raise AnnotationRejected("missing_sub_question", f"step {step_no} has no <sub-question>")
+        raise AnnotationRejected("missing_sub_question", f"step {step_no} has no <SUB-QUESTION-{step_no}>")
     if reference is None:
-        raise AnnotationRejected("missing_document", f"step {step_no} ({sub_question!r}) has no <document>")
+        raise AnnotationRejected("missing_document",
+                                 f"step {step_no} ({sub_question!r}) has no <CORRESPONDING-DOC-{step_no}>")
     if sub_answer is None:
-        raise AnnotationRejected("missing_sub_answer", f"step {step_no} has no <sub-answer>")
+        raise AnnotationRejected("missing_sub_answer", f"step {step_no} has no <SUB-ANSWER-{step_no}>")
     return Step(sub_question=sub_question, doc_title=_resolve_document(reference, record, step_no),
                 sub_answer=sub_answer)
 
 
 def parse_decomposition(text: str, record: MultiHopRecord) -> Decomposition:
-    """Parse an LLM answer written in the :data:`DECOMPOSITION_PROMPT` format, strictly.
+    """Parse an LLM answer written in the :data:`DECOMPOSITION_PROMPT` (Fig. 13) format, strictly.
 
-    Text outside the tags (a preamble, a code fence) is ignored; everything inside must be complete
-    and every document reference must resolve to one of the record's related documents. Raises
-    :class:`AnnotationRejected` otherwise.
+    Text outside the tags (a preamble, a code fence) is ignored and tag names are case-insensitive;
+    steps must be numbered 1..n without gaps, each complete, and every document reference must resolve
+    to one of the record's related documents. Raises :class:`AnnotationRejected` otherwise.
     """
-    opened, closed = len(_STEP_OPEN.findall(text)), len(_STEP_CLOSE.findall(text))
-    if opened != closed:
-        raise AnnotationRejected("malformed_tags", f"{opened} <step> but {closed} </step>")
-    blocks = _STEP.findall(text)
-    if not blocks:
-        raise AnnotationRejected("no_steps", "no <step> block")
-    steps = tuple(_parse_step(block, record, k) for k, block in enumerate(blocks, start=1))
+    steps_tags = _steps_tags(text)
+    if not steps_tags:
+        raise AnnotationRejected("no_steps", "no <SUB-QUESTION-k> block")
+    numbers = sorted(steps_tags)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise AnnotationRejected("malformed_tags", f"steps are numbered {numbers}, expected 1..{len(numbers)}")
+    steps = tuple(_parse_step(steps_tags[k], record, k) for k in numbers)
     finals = _FINAL.findall(text)
     if len(finals) > 1:
-        raise AnnotationRejected("malformed_tags", f"{len(finals)} <final-answer> tags")
+        raise AnnotationRejected("malformed_tags", f"{len(finals)} <FINAL-ANSWER> tags")
     if not finals or not finals[0].strip():
-        raise AnnotationRejected("missing_final_answer", "no <final-answer>")
+        raise AnnotationRejected("missing_final_answer", "no <FINAL-ANSWER>")
     return Decomposition(example_id=record.id, steps=steps, final_answer=finals[0].strip())
-
-
-# --------------------------------------------------------------------------- backend protocol

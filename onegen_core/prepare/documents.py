@@ -1,10 +1,11 @@
 """Records → the `Document`s an index encodes: every context paragraph of multi-hop records, passage
 corpora split into sentences, KB entities. Ids are the ones training used, so a retrieved unit id can
-be checked against the gold labels."""
+be checked against the gold labels. Their text is escaped (`escape_special_tokens`): a literal [RD] in
+a corpus never becomes one more [RD] vector, and what the index stores and pastes back is escaped too."""
 from __future__ import annotations
 
 from onegen_core.data.multihop import Paragraph
-from onegen_core.method.segments import Document
+from onegen_core.method.segments import Document, escape_special_tokens
 from onegen_core.prepare.multihop import paragraph_document
 from onegen_core.prepare.sentences import split_sentences
 
@@ -33,5 +34,8 @@ def documents_from_passages(passages, granularity: str) -> list[Document]:
 
 
 def documents_from_kb(entities) -> list[Document]:
-    """Entities as training's entity-linking documents: `{title}: {description} [RD]`, id = entity id."""
-    return [Document(id=e.id, units=(e.description,), title=e.title, granularity="document") for e in entities]
+    """Entities as training's entity-linking documents: `{title}: {description} [RD]`, id = entity id,
+    text escaped as training escapes it (`escape_special_tokens`)."""
+    esc = escape_special_tokens
+    return [Document(id=e.id, units=(esc(e.description),), title=esc(e.title), granularity="document")
+            for e in entities]

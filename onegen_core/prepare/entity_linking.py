@@ -10,9 +10,18 @@ inference (nothing is pasted back in G→R). Documents are entity descriptions `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from onegen_core.method.segments import Document, Query, Retrieval, Segment, Text, TrainingExample
+from onegen_core.data.elevant import ElevantArticle
+from onegen_core.method.segments import (
+    Document,
+    Query,
+    Retrieval,
+    Segment,
+    Text,
+    TrainingExample,
+    escape_special_tokens,
+)
 from onegen_core.method.tokens import CON, MENTION_CLOSE, MENTION_OPEN
 
 
@@ -24,13 +33,23 @@ class Mention:
     negatives: tuple[str, ...] = ()  # entity ids of hard negative candidates
 
 
+def escape_article(article: ElevantArticle) -> ElevantArticle:
+    """The article with its text, title and label names escaped (`escape_special_tokens`). The escape
+    replaces one character by one, so every label's span still marks the same mention. The label stage
+    escapes each article before reconstruction, which rejects a special token in data text."""
+    esc = escape_special_tokens
+    return replace(article, text=esc(article.text), title=esc(article.title),
+                   labels=tuple(replace(lb, name=esc(lb.name)) for lb in article.labels))
+
+
 def reconstruct_entity_linking(
     example_id: str,
     text: str,
     mentions: list[Mention],
     entities: dict[str, tuple[str, str]],
 ) -> TrainingExample:
-    """`entities` maps entity id → (title, description) for every gold and negative id used."""
+    """`entities` maps entity id → (title, description) for every gold and negative id used; their
+    documents are escaped (`escape_special_tokens`), `text` must already be."""
     ordered = sorted(mentions, key=lambda m: (m.start, m.end))
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
@@ -53,8 +72,10 @@ def reconstruct_entity_linking(
         queries.append(Query(qid, (m.entity_id,), tuple(n for n in m.negatives if n != m.entity_id)))
         cursor = m.end
     segments.append(Text(text[cursor:], generated=True))
+    esc = escape_special_tokens
     documents = tuple(
-        Document(id=eid, units=(entities[eid][1],), title=entities[eid][0], granularity="document") for eid in needed
+        Document(id=eid, units=(esc(entities[eid][1]),), title=esc(entities[eid][0]), granularity="document")
+        for eid in needed
     )
     return TrainingExample(
         id=example_id, task="entity_linking", segments=tuple(segments), queries=tuple(queries), documents=documents

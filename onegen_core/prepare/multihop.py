@@ -9,21 +9,32 @@ Main sequence (implicit query style, the default):
     <FINAL-ANSWER>{answer}</FINAL-ANSWER><eos> generated
 Explicit style writes the sub-question before [RQ] (optionally inside <LOC>…</LOC>).
 
-Documents: the question's context paragraphs, one [RD] per sentence (or per paragraph). For hop k,
-positives are hop k's supporting sentences; negatives are every other unit except the gold units of
-later hops, which are right answers to a later query and would be false negatives here (in comparison
-questions the hop order is arbitrary).
+Documents: the question's context paragraphs, one [RD] per sentence (or per paragraph). For hop k, the
+positives are every [RD] of hop k's gold paragraph at or after its first supporting sentence (App. G.1):
+attention is causal, so each of those [RD]s has read the supporting sentence, while the [RD]s before it
+have not. Negatives are every other unit except the positives of later hops, which are right answers to
+a later query and would be false negatives here (in comparison questions the hop order is arbitrary);
+the [RD]s of a gold paragraph before its supporting sentence are the hardest negatives.
 """
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onegen_core.config import ReconstructConfig
-from onegen_core.data.multihop import MultiHopRecord, Paragraph
+from onegen_core.data.multihop import MultiHopRecord, Paragraph, SupportingFact
 from onegen_core.method.prompts import paste_paragraph, question_prompt
-from onegen_core.method.segments import Document, Query, Retrieval, Segment, Text, TrainingExample, sentence_unit_id
+from onegen_core.method.segments import (
+    Document,
+    Query,
+    Retrieval,
+    Segment,
+    Text,
+    TrainingExample,
+    escape_special_tokens,
+    sentence_unit_id,
+)
 from onegen_core.method.tokens import FINAL_CLOSE, FINAL_OPEN, LOC_CLOSE, LOC_OPEN
 
 
@@ -32,9 +43,33 @@ class Hop:
     """One retrieval step of a decomposition."""
 
     title: str  # the gold paragraph this hop retrieves
-    positive_sentences: tuple[int, ...]  # its supporting sentences
+    supporting_sentences: tuple[int, ...]  # its supporting sentences (the positives start at the first)
     sub_question: str | None = None  # explicit style only
     sub_answer: str | None = None
+
+
+def escape_record(record: MultiHopRecord) -> MultiHopRecord:
+    """The record with every text field escaped (`escape_special_tokens`): question, answer, titles (in
+    the context and the supporting facts alike), sentences, evidences. The label stage escapes each
+    record before reconstruction, which rejects a special token it finds in data text."""
+    esc = escape_special_tokens
+    return replace(
+        record,
+        question=esc(record.question),
+        answer=esc(record.answer),
+        supporting_facts=tuple(SupportingFact(esc(f.title), f.sentence) for f in record.supporting_facts),
+        context=tuple(Paragraph(esc(p.title), tuple(esc(s) for s in p.sentences)) for p in record.context),
+        evidences=tuple(tuple(esc(x) for x in e) for e in record.evidences),
+    )
+
+
+def escape_hop(hop: Hop) -> Hop:
+    """A hop of a decomposition with its title and texts escaped like `escape_record`'s (an LLM's
+    sub-question is data text too)."""
+    esc = escape_special_tokens
+    return replace(hop, title=esc(hop.title),
+                   sub_question=None if hop.sub_question is None else esc(hop.sub_question),
+                   sub_answer=None if hop.sub_answer is None else esc(hop.sub_answer))
 
 
 def hops_from_supporting_facts(record: MultiHopRecord) -> list[Hop]:
@@ -43,7 +78,7 @@ def hops_from_supporting_facts(record: MultiHopRecord) -> list[Hop]:
     hops = []
     for title in record.supporting_titles():
         sents = tuple(sorted({f.sentence for f in record.supporting_facts if f.title == title}))
-        hops.append(Hop(title=title, positive_sentences=sents))
+        hops.append(Hop(title=title, supporting_sentences=sents))
     return hops
 
 
@@ -55,18 +90,25 @@ def paragraph_id(p: Paragraph) -> str:
 
 
 def paragraph_document(p: Paragraph, granularity: str) -> Document:
-    units = tuple(s for s in p.sentences) if granularity == "sentence" else (p.text(),)
-    return Document(id=paragraph_id(p), units=units, title=p.title, granularity=granularity)
+    """The paragraph as a document; its text is escaped (`escape_special_tokens`: a literal [RD] in a
+    sentence must not become one more [RD]), its id is the paragraph's own (`paragraph_id`), so the id
+    of a passage is the same whoever builds the document."""
+    esc = escape_special_tokens
+    units = tuple(esc(s) for s in p.sentences) if granularity == "sentence" else (esc(p.text()),)
+    return Document(id=paragraph_id(p), units=units, title=esc(p.title), granularity=granularity)
 
 
 def pasted_paragraph(p: Paragraph) -> str:
     return paste_paragraph(p.title, p.text())
 
 
-def _units_of(doc: Document, sentences: tuple[int, ...]) -> list[str]:
+def positive_units(doc: Document, supporting: tuple[int, ...]) -> list[str]:
+    """The units of a gold paragraph whose [RD] has read a supporting sentence: every sentence from the
+    first supporting one to the end (App. G.1), or the paragraph itself at document granularity."""
     if doc.granularity == "document":
         return [doc.id]
-    return [sentence_unit_id(doc.id, j) for j in sentences if j < len(doc.units)]
+    first = min((j for j in supporting if j < len(doc.units)), default=None)
+    return [] if first is None else [sentence_unit_id(doc.id, j) for j in range(first, len(doc.units))]
 
 
 def reconstruct_multihop(
@@ -79,7 +121,12 @@ def reconstruct_multihop(
         raise ValueError(f"record {record.id!r}: a multi-hop example needs at least one hop")
     usable = [p for p in record.context if p.sentences]
     gold_titles = [h.title for h in hops]
-    gold = {t: record.paragraph(t) for t in gold_titles}
+    gold = {}
+    for k, t in enumerate(gold_titles):
+        try:
+            gold[t] = record.paragraph(t)
+        except KeyError:
+            raise ValueError(f"record {record.id!r}: hop {k} names paragraph {t!r}, not in the context") from None
     distractors = [p for p in usable if p.title not in gold]
     random.Random(f"{seed}:{record.id}").shuffle(distractors)
     paragraphs = list(gold.values()) + distractors[: cfg.max_negative_paragraphs]
@@ -99,10 +146,10 @@ def reconstruct_multihop(
         segments.append(Text(pasted_paragraph(gold[hop.title]), generated=False))
         if hop.sub_answer:
             segments.append(Text(f"{hop.sub_answer}\n", generated=True))
-        positives = _units_of(docs[hop.title], hop.positive_sentences)
+        positives = positive_units(docs[hop.title], hop.supporting_sentences)
         if not positives:
             raise ValueError(f"record {record.id!r}: hop {k} ({hop.title!r}) has no positive sentence")
-        later_gold = {u for h in hops[k + 1:] for u in _units_of(docs[h.title], h.positive_sentences)}
+        later_gold = {u for h in hops[k + 1:] for u in positive_units(docs[h.title], h.supporting_sentences)}
         negatives = [u for u in all_units if u not in positives and u not in later_gold]
         queries.append(Query(qid, tuple(positives), tuple(negatives)))
     segments.append(Text(f"{FINAL_OPEN}{record.answer}{FINAL_CLOSE}", generated=True))

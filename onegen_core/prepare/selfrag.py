@@ -20,14 +20,24 @@ Reflection tokens stay plain text here: they are not in ``onegen_core.method.tok
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Callable, Mapping, Sequence, Union
 
 from onegen_core.data.selfrag import SelfRagExample, SelfRagParagraph, SelfRagText, SelfRagToken
-from onegen_core.method.segments import Document, Query, Retrieval, Segment, Text, TrainingExample
+from onegen_core.method.segments import (
+    Document,
+    Query,
+    Retrieval,
+    Segment,
+    Text,
+    TrainingExample,
+    escape_special_tokens,
+)
 from onegen_core.method.tokens import PARAGRAPH_CLOSE, PARAGRAPH_OPEN
 
 __all__ = [
     "NegativeSource",
+    "escape_selfrag",
     "PROMPT_INPUT",
     "PROMPT_NO_INPUT",
     "passage_document",
@@ -43,6 +53,23 @@ PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 #: Hard negatives of retrieval k (0-based, in output order): doc ids per k, or a function of k and the
 #: passage that returns them.
 NegativeSource = Union[Mapping[int, Sequence[str]], Callable[[int, SelfRagParagraph], Sequence[str]]]
+
+
+def escape_selfrag(example: SelfRagExample) -> SelfRagExample:
+    """The record with its data text escaped (`escape_special_tokens`): instruction, input, answer text
+    and passages; reflection tokens are the format's structure and stay. The label stage escapes each
+    record before reconstruction, which rejects a special token in data text."""
+    esc = escape_special_tokens
+
+    def seg(s):
+        if isinstance(s, SelfRagText):
+            return SelfRagText(esc(s.text))
+        if isinstance(s, SelfRagParagraph):
+            return replace(s, text=esc(s.text))
+        return s
+
+    return replace(example, instruction=esc(example.instruction), input=esc(example.input),
+                   segments=tuple(seg(s) for s in example.segments))
 
 
 def selfrag_prompt(example: SelfRagExample) -> str:
@@ -70,7 +97,8 @@ def passage_document(text: str, doc_id: str | None = None) -> Document:
     """A passage as a document-granularity ``Document`` (id :func:`passage_id` unless given); positives
     and negatives go through this one function so no formatting difference tells them apart."""
     title, body = _split_passage(text)
-    return Document(id=doc_id or passage_id(text), units=(body,), title=title, granularity="document")
+    esc = escape_special_tokens  # a document is data text: escaped whoever builds it
+    return Document(id=doc_id or passage_id(text), units=(esc(body),), title=esc(title), granularity="document")
 
 
 def _negatives_for(source: NegativeSource | None, k: int, paragraph: SelfRagParagraph) -> Sequence[str]:

@@ -7,21 +7,54 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from onegen_core.method.segments import TrainingExample
+from onegen_core.config import TASKS
+from onegen_core.data import DataError, load_passages
+from onegen_core.method.segments import ExampleError, TrainingExample
+
+
+def read_examples(path: str | Path) -> Iterator[TrainingExample]:
+    """Every example of a training file, in order. Strict: bytes that are not UTF-8 (a BOM is allowed),
+    a line that is not JSON, a malformed example, a task that is not one of `config.TASKS` (a typo would
+    drop the example silently) and an id given twice are `DataError`s naming file, line and field."""
+    file = str(path)
+    seen: dict[str, int] = {}
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            line_at = f"line {n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(file, line_at, "<encoding>", f"not valid UTF-8: {e}") from None
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(file, line_at, "<json>", f"invalid JSON at column {e.colno}: {e.msg}") from None
+            except RecursionError:
+                raise DataError(file, line_at, "<json>", "JSON nested too deeply to read") from None
+            try:
+                ex = TrainingExample.from_dict(data, where=f"{file}:{n}")
+            except ExampleError as e:
+                raise DataError(file, f"{line_at} (id {e.example_id!r})", e.field, e.message) from None
+            except ValueError as e:  # a Document's own checks
+                raise DataError(file, line_at, "documents", str(e)) from None
+            if ex.task not in TASKS:
+                raise DataError(file, f"{line_at} (id {ex.id!r})", "task",
+                                f"unknown task {ex.task!r} (known: {', '.join(TASKS)})")
+            first = seen.setdefault(ex.id, n)
+            if first != n:
+                raise DataError(file, f"{line_at} (id {ex.id!r})", "id", f"duplicate id (first at line {first})")
+            yield ex
 
 
 def load_examples(path: str | Path, tasks: list[str], max_per_task: int = 0) -> list[TrainingExample]:
-    """Examples of `tasks` in `path`; a malformed line is an error naming the line and field.
-    `max_per_task` > 0 keeps that many examples of each task, chosen by a hash of the example id (the
-    same subset whatever the file order), in file order."""
+    """Examples of `tasks` in `path` (read strictly, `read_examples`). `max_per_task` > 0 keeps that many
+    examples of each task, chosen by a hash of the example id (the same subset whatever the file order),
+    in file order."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: training file missing; run `dvc repro label`")
-    out = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            ex = TrainingExample.from_dict(json.loads(line), where=f"{path}:{n}")
-            if ex.task in tasks:
-                out.append(ex)
+    out = [ex for ex in read_examples(path) if ex.task in tasks]
     if not out:
         raise ValueError(f"{path}: no examples of tasks {tasks}")
     if max_per_task > 0:
@@ -35,7 +68,8 @@ def load_examples(path: str | Path, tasks: list[str], max_per_task: int = 0) -> 
 
 def tokenizer_texts(examples: list[TrainingExample], extra_files: list[str]) -> Iterator[str]:
     """Texts the tiny backbone's BPE is trained on: the training examples' text and documents, and any
-    extra passage files ({title, text} JSON); never the held-out questions."""
+    extra passage files ({title, text} JSON, read by the strict passage loader); never the held-out
+    questions."""
     from onegen_core.method.segments import Text
 
     for ex in examples:
@@ -46,6 +80,6 @@ def tokenizer_texts(examples: list[TrainingExample], extra_files: list[str]) -> 
             yield d.title
             yield " ".join(d.units)
     for path in extra_files:
-        for item in json.loads(Path(path).read_text()):
-            yield item["title"]
-            yield item["text"]
+        for item in load_passages(path):
+            yield item.title
+            yield item.text

@@ -29,11 +29,45 @@ from onegen_core.training.schedule import lr_at
 log = logging.getLogger(__name__)
 
 
-def data_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+def data_order(n_examples: int, seed: int, epoch: int, sizes: Sequence[int] | None = None,
+               global_batch: int = 1, pool_batches: int = 16) -> list[int]:
     """A permutation of the examples that depends only on (seed, epoch): a resumed run sees the
-    same order."""
+    same order.
+
+    With `sizes` (length bucketing): the permutation is cut into pools of `pool_batches` global batches;
+    inside a pool the examples are sorted by size and the pool's global batches are shuffled, so a batch
+    holds examples of similar length (little padding) while the epoch stays a random order."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_examples, generator=g).tolist()
+    order = torch.randperm(n_examples, generator=g).tolist()
+    if sizes is None:
+        return order
+    out: list[int] = []
+    pool = max(1, global_batch) * pool_batches
+    for start in range(0, n_examples, pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: sizes[i])
+        batches = [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+        for b in torch.randperm(len(batches), generator=g).tolist():
+            out += batches[b]
+    return out
+
+
+def example_size(ex: TrainingExample) -> int:
+    """Characters of an example's main text and documents: a tokenizer-free proxy of its token count."""
+    from onegen_core.method.segments import Text
+
+    return (sum(len(s.text) + 4 for s in ex.segments if isinstance(s, Text)) + 4 * len(ex.segments)
+            + sum(len(u) for d in ex.documents for u in d.units))
+
+
+def compute_precision(autocast: str, device: str | torch.device = "cpu"):
+    """The context the forward pass runs in: torch.autocast at bfloat16, or nothing."""
+    import contextlib
+
+    if autocast == "none":
+        return contextlib.nullcontext()
+    if autocast != "bfloat16":
+        raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def micro_batches_for_step(
@@ -106,6 +140,7 @@ def forward_backward(
     backward: Callable[[torch.Tensor], None],
     gen_tokens_in_step: int | None = None,
     micro_batches_in_step: int | None = None,
+    autocast: str = "none",
 ) -> dict:
     """Forward and backward over this process's micro-batches of one step; returns summed figures.
 
@@ -121,7 +156,8 @@ def forward_backward(
     stats: Counter = Counter()
     for micro_index, b in batches:
         gen = torch.Generator().manual_seed(pair_seed(seed, step, micro_index))
-        out = model(b, generator=gen, gen_token_normaliser=n_gen or None, pair_normaliser=1.0 / n_micro)
+        with compute_precision(autocast, b.input_ids.device):
+            out = model(b, generator=gen, gen_token_normaliser=n_gen or None, pair_normaliser=1.0 / n_micro)
         backward(out.loss)
         tot["loss"] += float(out.loss.detach())
         if out.n_gen_tokens:
@@ -217,11 +253,13 @@ def run_steps(
         raise ValueError(f"{len(examples)} examples do not fill one global batch of "
                          f"{cfg.batch_size}x{cfg.grad_accum}x{world_size}")
     total, warmup = step_budget(len(examples), cfg, world_size)
+    sizes = [example_size(ex) for ex in examples] if cfg.length_bucketing else None
+    global_batch = cfg.batch_size * cfg.grad_accum * world_size
     history: list[StepMetrics] = []
     step = start_step
     while step < total:
         epoch, s = divmod(step, spe)
-        order = data_order(len(examples), cfg.seed, epoch)
+        order = data_order(len(examples), cfg.seed, epoch, sizes, global_batch)
         t0 = time.perf_counter()
         lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio, cfg.schedule)
         batches = [(j, collate([examples[i] for i in mb]))
@@ -229,7 +267,7 @@ def run_steps(
         # global normalisers: GEN tokens and micro-batches of the whole step, over every rank
         n_gen, n_micro = ops.all_reduce_sum([float(sum(b.n_gen_tokens for _, b in batches)), float(len(batches))])
         tot = forward_backward(model, batches, step, cfg.seed, ops.backward, gen_tokens_in_step=int(n_gen),
-                               micro_batches_in_step=int(n_micro))
+                               micro_batches_in_step=int(n_micro), autocast=cfg.autocast)
         grad_norm = ops.step(step, lr)
         tot.update(zip(_SUMMED, ops.all_reduce_sum([float(tot[k]) for k in _SUMMED])))
         m = summarise(tot, step, epoch, lr, time.perf_counter() - t0, grad_norm)
@@ -251,5 +289,6 @@ def train(
     """Train in place in this process (plain AdamW); returns the metrics of every optimizer step."""
     torch.manual_seed(cfg.seed)
     model.to(device).train()
+    model.train_top_layers(cfg.trainable_layers)
     ops = local_ops(model, make_optimizer(model, cfg), cfg)
     return run_steps(model, examples, lambda exs: collator(exs).to(device), cfg, ops, on_step=on_step)
