@@ -1,0 +1,407 @@
+"""The HTTP API of `onegen api` (FastAPI) and the web page at `/`.
+
+Routes: `POST /v1/ask`, `POST /v1/link` (JSON in, JSON out; `"stream": true` answers with server-sent
+events), `GET /v1/health`, `GET /v1/info`, and `GET /` (tasks/serving/webui/index.html: plain HTML and JS).
+
+Conventions follow vLLM / OpenAI where the issue is silent:
+- request fields `max_tokens` (alias `max_new_tokens`), `temperature` (0 = greedy, the default),
+  `top_p`, `seed`, `stream`, optional `model`; unknown fields are refused (a typo is not ignored);
+- every error is `{"error": {"message", "type", "param", "code"}}` with `param` naming the field and
+  `code` the HTTP status: 400 for a bad request (also for what FastAPI would answer 422: vLLM's
+  choice), 401 without the bearer token, 404 unknown route or model, 413 oversized body, 429 full queue
+  (with Retry-After), 503 engine down, 504 deadline passed, 500 anything else (the server stays up);
+- streams are `event: <type>` + `data: <json>` records (`token`, `retrieval`, `mention`, `done`, `error`),
+  ended by `data: [DONE]`; a `: ping` comment every 15 s keeps idle connections open. Errors found
+  before a stream starts get their status code; after, an `error` event.
+The bearer token is read from the environment variable `serve.api_key_env` once at start and compared in
+constant time; it is never logged, echoed or written anywhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from onegen_core.config import ServeConfig
+from tasks.serving.batching import BatchingEngine, EngineStopped, Job, QueueFull, RequestCancelled, RequestTimeout
+from tasks.serving.service import InvalidRequest, ModelService, elevant_article
+
+log = logging.getLogger("onegen.serve")
+WEBUI = Path(__file__).resolve().parent / "webui" / "index.html"
+PING_SECONDS = 15.0
+_STATUS_TYPE = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+                499: "client_closed_request", 500: "server_error", 503: "service_unavailable_error",
+                504: "timeout_error"}
+
+
+# ------------------------------------------------------------------------------------------ bodies
+
+class _Body(BaseModel):
+    # strict: "5" is not 5 and "true" is not true; forbid: a misspelt field is an error, not a default
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = Field(None, description="optional; must name the served checkpoint (its id or path) or 'onegen'")
+    stream: bool = Field(False, description="server-sent events as they happen instead of one JSON object")
+    top_k: int | None = Field(None, description="hits shown per [RQ] (ask) or candidates per mention (link)")
+    max_retrievals: int | None = Field(None, description="[RQ] cap per question (ask) or per window (link)")
+
+
+class AskBody(_Body):
+    question: str = Field(description="the question, plain text")
+    max_tokens: int | None = Field(None, validation_alias=AliasChoices("max_tokens", "max_new_tokens"),
+                                   description="tokens the model may sample (passages pasted back excluded)")
+    temperature: float | None = Field(None, description="0 (default) = greedy; > 0 samples")
+    top_p: float | None = Field(None, description="nucleus sampling mass, (0, 1]")
+    seed: int | None = Field(None, description="seed of the sampler (requests batched together share it)")
+
+
+class LinkBody(_Body):
+    text: str = Field(description="the text whose entity mentions are marked and linked")
+    format: Literal["onegen", "elevant"] = Field("onegen", description="'elevant': the ELEVANT linked-article shape")
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+class ModelNotServed(LookupError):
+    """The request's `model` names another model (404, as vLLM answers an unknown model)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def error_body(status: int, message: str, param: str | None = None, type_: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_ or _STATUS_TYPE.get(status, "server_error"),
+                      "param": param, "code": status}}
+
+
+def error_response(status: int, message: str, param: str | None = None, type_: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, type_), status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[dict], known: dict[str, list[str]], path: str) -> tuple[str | None, str]:
+    """(param, message) of pydantic errors, naming the field the way a client wrote it."""
+    parts, first = [], None
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        kind = e.get("type", "")
+        if kind == "json_invalid":
+            return None, f"the request body is not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})"
+        if not loc or kind in ("model_attributes_type", "dict_type", "model_type"):
+            return None, "the request body must be a JSON object"
+        param = ".".join(loc)  # an aliased field is named as the client spelt it (max_new_tokens)
+        first = first or param
+        if kind == "missing":
+            parts.append(f"{param}: field required")
+        elif kind == "extra_forbidden" and param in known.get(path, []):
+            # a field given under two of its names (max_tokens and max_new_tokens): pydantic calls one extra
+            names = next((g for g in _ALIASES if param in g), (param,))
+            parts.append(f"{param}: the same field as {' / '.join(n for n in names if n != param)}; send only one of "
+                         f"{', '.join(names)}")
+        elif kind == "extra_forbidden":
+            parts.append(f"{param}: unknown field (known: {', '.join(known.get(path, []))})")
+        else:
+            parts.append(f"{param}: {e.get('msg', 'invalid')}")
+    return first, "; ".join(parts) or "invalid request"
+
+
+def _alias_groups(*models: type[BaseModel]) -> list[tuple[str, ...]]:
+    return [tuple(f.validation_alias.choices) for m in models for f in m.model_fields.values()
+            if isinstance(f.validation_alias, AliasChoices)]
+
+
+def _known_fields(model: type[BaseModel]) -> list[str]:
+    out = []
+    for name, f in model.model_fields.items():
+        alias = f.validation_alias
+        out += list(alias.choices) if isinstance(alias, AliasChoices) else [name]
+    return sorted(out)
+
+
+_ALIASES = _alias_groups(AskBody, LinkBody)
+
+
+# ------------------------------------------------------------------------------------------ middleware
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def bind_warning(host: str, port: int, has_key: bool, key_env: str) -> str | None:
+    """The warning `onegen api` prints when it would serve beyond this machine with no API key."""
+    if is_loopback(host) or has_key:
+        return None
+    return (f"binding {host}, beyond this machine, without an API key: anyone who can reach port {port} can use "
+            f"the model; set the environment variable {key_env or '(serve.api_key_env)'} to require a bearer token")
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token (when one is configured) on /v1/*
+    except /v1/health, and the body size, before any body is read or parsed."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        if self.api_key is not None and path.startswith("/v1/") and path != "/v1/health":
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                why = "missing" if not token else "wrong"
+                resp = error_response(401, f"{why} API key: send 'Authorization: Bearer <key>' (the key of the "
+                                           f"server's environment variable)", None,
+                                      headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            resp = error_response(413, f"request body of {int(length)} bytes is larger than {self.max_body_bytes} "
+                                       f"(serve.max_text_chars bounds the text)")
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = None,
+               engine: BatchingEngine | None = None) -> FastAPI:
+    """The FastAPI app over `service`; the batching engine starts now and stops with the app."""
+    engine = engine or BatchingEngine(service, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue)
+    page = WEBUI.read_text(encoding="utf-8")
+    served_names = {service.checkpoint_id, service.checkpoint, str(Path(service.checkpoint).resolve()), "onegen"}
+    known = {"/v1/ask": _known_fields(AskBody), "/v1/link": _known_fields(LinkBody)}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await run_in_threadpool(engine.close)
+
+    app = FastAPI(title="onegen", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  description="OneGen: one model that generates and retrieves in one pass. docs/SERVING.md")
+    app.state.engine = engine
+    app.state.service = service
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=4 * cfg.max_text_chars + 16_384)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if "json" not in request.headers.get("content-type", ""):
+            return error_response(400, "send the request body as a JSON object with 'Content-Type: application/json'")
+        param, message = _validation_message(list(exc.errors()), known, request.url.path)
+        return error_response(400, message, param)
+
+    @app.exception_handler(InvalidRequest)
+    async def _refused(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return error_response(400, exc.message, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI: not UTF-8 JSON
+            message = "the request body is not valid JSON (it must be UTF-8 text)"
+        return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server keeps running")
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name not in served_names:
+            raise ModelNotServed(name)
+
+    @app.exception_handler(ModelNotServed)
+    async def _unknown_model(request: Request, exc: ModelNotServed) -> JSONResponse:
+        return error_response(404, f"model {exc.name!r} is not served here; this server serves checkpoint "
+                                   f"{service.checkpoint_id} ({service.checkpoint})", "model")
+
+    async def run(request: Request, kind: str, item: Any, rows: int, key: tuple, stream: bool, replayable: bool,
+                  shape: Callable[[dict], dict]) -> Response:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        sink = (lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)) if stream else None
+        job = Job(kind, item, rows, key, deadline, sink=sink, replayable=replayable)
+        try:
+            engine.submit(job)
+        except QueueFull as e:
+            return error_response(429, f"the server is busy: {e}; retry shortly", None, headers={"Retry-After": "1"})
+        except EngineStopped as e:
+            return error_response(503, str(e), None, headers={"Retry-After": "5"})
+        if not stream:
+            waiter = asyncio.ensure_future(asyncio.wrap_future(job.future))
+            gone = asyncio.ensure_future(_client_gone(request))
+            try:
+                # the engine enforces the deadline; the grace covers a batch that is slow to stop
+                done, _ = await asyncio.wait({waiter, gone}, timeout=cfg.request_timeout_s + 5.0,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            finally:
+                gone.cancel()
+            if waiter not in done:
+                job.cancel()  # its row stops before its next token, or it leaves the queue
+                waiter.cancel()
+                if gone in done:  # nobody reads this answer
+                    return error_response(499, "the client closed the connection; its request was stopped")
+                return error_response(504, f"the request took longer than {cfg.request_timeout_s:g} s "
+                                           f"(serve.request_timeout_s)")
+            try:
+                result = waiter.result()
+            except RequestTimeout:
+                return error_response(504, f"the request took longer than {cfg.request_timeout_s:g} s "
+                                           f"(serve.request_timeout_s)")
+            except RequestCancelled as e:
+                return error_response(503, str(e))
+            except InvalidRequest as e:
+                return error_response(400, e.message, e.param)
+            except EngineStopped as e:
+                return error_response(503, str(e), headers={"Retry-After": "5"})
+            except Exception as e:  # noqa: BLE001 - this request failed; the server goes on
+                log.error("%s request failed: %s: %s", kind, type(e).__name__, e)
+                return error_response(500, f"generation failed ({type(e).__name__}: {e})")
+            return JSONResponse(shape(result))
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                while True:
+                    try:
+                        ev = await asyncio.wait_for(queue.get(), PING_SECONDS)
+                    except TimeoutError:
+                        yield ": ping\n\n"
+                        continue
+                    kind_ = ev["type"]
+                    if kind_ == "done":
+                        yield _sse("done", {"type": "done", "result": shape(ev["result"])})
+                        break
+                    if kind_ == "error":
+                        yield _sse("error", {"type": "error", **_stream_error(ev["error"], cfg)})
+                        break
+                    yield _sse(kind_, ev)
+                yield "data: [DONE]\n\n"
+            finally:
+                job.cancel()  # no-op when finished; stops the row when the client went away
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/ask", summary="answer a question, retrieving with the [RQ] hidden state as it generates")
+    async def ask(body: AskBody, request: Request) -> Response:
+        check_model(body.model)
+        opts = service.ask_options(body.max_tokens, body.max_retrievals, body.top_k, body.temperature,
+                                   body.top_p, body.seed)
+        item = service.ask_input(body.question, opts)
+        return await run(request, "ask", item, 1, opts.batch_key(), body.stream, opts.temperature == 0, lambda r: r)
+
+    @app.post("/v1/link", summary="mark entity mentions in a text and link each to the entity table")
+    async def link(body: LinkBody, request: Request) -> Response:
+        check_model(body.model)
+        opts = service.link_options(body.top_k, body.max_retrievals)
+        item = service.link_input(body.text, opts)
+        shape = (lambda r: elevant_article(r)) if body.format == "elevant" else (lambda r: r)
+        return await run(request, "link", item, max(1, len(item.windows)), opts.batch_key(), body.stream, True, shape)
+
+    @app.get("/v1/health", summary="liveness: 200 while the engine runs (no API key needed)")
+    async def health() -> JSONResponse:
+        status = engine.status()
+        ok = status["alive"]
+        return JSONResponse({"status": "ok" if ok else "unavailable", "model": service.checkpoint_id,
+                             "link": service.entities is not None, "auth": api_key is not None, "engine": status},
+                            status_code=200 if ok else 503)
+
+    @app.get("/v1/info", summary="checkpoint, index tables, request defaults and limits")
+    async def info() -> JSONResponse:
+        data = await run_in_threadpool(service.info)
+        data["engine"] = engine.status()
+        return JSONResponse(data)
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    return app
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client of a plain (non-streaming) request closes its connection. The body has
+    been read, so the next ASGI message is `http.disconnect` (vLLM's `with_cancellation` waits the same
+    way); a stream notices through Starlette's own disconnect listener."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 - cannot tell: never claim the client left
+        await asyncio.Event().wait()
+
+
+def _stream_error(error: BaseException, cfg: ServeConfig) -> dict:
+    if isinstance(error, RequestTimeout):
+        return error_body(504, f"the request took longer than {cfg.request_timeout_s:g} s (serve.request_timeout_s)")
+    if isinstance(error, InvalidRequest):
+        return error_body(400, error.message, error.param)
+    if isinstance(error, (EngineStopped, RequestCancelled)):
+        return error_body(503, str(error))
+    return error_body(500, f"generation failed ({type(error).__name__}: {error})")
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` under uvicorn in a background thread (tests, notebooks, the load bench's reference);
+    yields the base URL and shuts the server down (engine included) on exit. Port 0 = a free port,
+    bound before uvicorn starts so there is no race for it."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="onegen-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
