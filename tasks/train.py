@@ -93,7 +93,13 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     from onegen_core.method.backbone import build_backbone, read_meta, resolve_backbone_name, save_checkpoint
 
     if not p.backbone.is_tiny():
-        return resolve_backbone_name(p.backbone.name)
+        # every rank loads the named weights itself; the stage's `init_dir` output records which ones
+        # (DVC declares the folder, so it exists for either kind of backbone)
+        name = resolve_backbone_name(p.backbone.name)
+        out = Path(p.train_data.init_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pretrained.json").write_text(json.dumps({"backbone": p.backbone.name, "resolved": name}, indent=2) + "\n")
+        return name
     from onegen_core.training.dataset import load_examples, tokenizer_texts
 
     out = Path(p.train_data.init_dir)

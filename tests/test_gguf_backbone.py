@@ -64,3 +64,17 @@ def test_gguf_backbone_round_trips_as_a_safetensors_checkpoint(smollm2, tmp_path
         a = model(enc).logits
         b = model2(enc).logits
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_the_train_stage_declares_its_init_folder_for_a_pretrained_backbone_too(tmp_path):
+    """dvc.yaml lists `train_data.init_dir` among train's outputs: with a pretrained backbone the stage
+    writes which weights every rank loads there (the default run once failed with 'output does not exist')."""
+    import json
+
+    from onegen_core.config import load_params
+    from tasks.train import prepare_init
+
+    p = load_params("params.yaml", {"backbone.name": SMOLLM2, "train_data.init_dir": str(tmp_path / "init")})
+    name = prepare_init(p, "fp")
+    assert name == resolve_backbone_name(SMOLLM2)
+    assert json.loads((tmp_path / "init" / "pretrained.json").read_text()) == {"backbone": SMOLLM2, "resolved": name}
