@@ -61,6 +61,35 @@ def test_allowed_tokens_follow_the_text(char_tokenizer):
     assert c.spans[0] == [(0, 1)]
 
 
+def test_text_is_copied_as_training_tokenised_it_and_brackets_sit_at_word_boundaries():
+    """With merges in the vocabulary the rest of the text can be spelled many ways; only the tokenizer's
+    own encoding (of the rest, or of the text up to a boundary where a bracket may follow) is allowed."""
+    from onegen_core.method.backbone import train_bpe_tokenizer
+    from onegen_core.method.tokens import add_special_tokens
+
+    tok = train_bpe_tokenizer(["Japan is in Asia. Japan and Asia."] * 50, vocab_size=300, min_frequency=1)
+    add_special_tokens(tok)
+    ids = SpecialTokenIds.from_tokenizer(tok)
+    text = "Japan is in Asia."
+    c = CopyConstraint(tok, [text], [0])
+    canonical = tok(text, add_special_tokens=False)["input_ids"]
+    first = c.allowed(0)
+    assert canonical[0] in first and ids[MENTION_OPEN] in first
+    single_j = tok.convert_tokens_to_ids("J")
+    assert tok.convert_ids_to_tokens(canonical[0]) != "J" and single_j not in first  # no off-training spelling
+    # every allowed text token is the first token of the encoding of text[0:q] for some boundary q
+    starts = {tok(text[:q], add_special_tokens=False)["input_ids"][0] for q in range(1, len(text) + 1)
+              if q == len(text) or not (text[q - 1].isalnum() and text[q].isalnum())}
+    assert {t for t in first if t != ids[MENTION_OPEN]} <= starts
+    # inside a word no bracket: after <MENTION> and the first token of "Japan", if that token is a part
+    # of the word, </MENTION> is not offered
+    c._advance(0, [ids[MENTION_OPEN]])
+    t0 = tok(text, add_special_tokens=False)["input_ids"][0]
+    c._advance(0, [ids[MENTION_OPEN], t0])
+    n = len(c.vocab_bytes[t0])
+    assert (ids[MENTION_CLOSE] in c.allowed(0)) == (not (text[n - 1].isalnum() and text[n].isalnum()))
+
+
 def test_constrained_generation_copies_exactly(char_tokenizer, tiny_lm):
     """Whatever an untrained model prefers, the output minus markup is the input, and spans index it."""
     tiny_lm.eval()
@@ -73,7 +102,7 @@ def test_constrained_generation_copies_exactly(char_tokenizer, tiny_lm):
 
     def biased(row, logits, seq):
         logits = logits.clone()
-        logits[open_id] += 3.0 if len(seq) % 4 == 0 else -10.0
+        logits[open_id] += 10.0  # opens wherever a bracket may stand (word starts)
         logits[close_id] += 5.0
         return chooser(row, logits, seq)
 
