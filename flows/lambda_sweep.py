@@ -107,6 +107,10 @@ def sweep_point(project_dir: str, until: str, lam: float, common: dict[str, Any]
     if rc != 0:
         raise FlowError(f"`dvc exp run` for λr={lam:g} failed (exit {rc}); last lines:\n" + "\n".join(last[-15:]))
     p = load_project_params(root)
+    if p.loss.lambda_r != lam:  # a profile that sets loss.lambda_r wins over params.yaml: the point trained something else
+        raise FlowError(f"λr={lam:g}: the resolved params have loss.lambda_r={p.loss.lambda_r:g}; profile "
+                        f"{p.profile!r} sets it and overrides the sweep's value. Sweep without that profile "
+                        "or remove loss.lambda_r from it")
     row = {"lambda_r": lam, "lambda_g": p.loss.lambda_g, "loss_kind": p.loss.kind, "exp": name,
            "seconds_point": round(time.perf_counter() - t0, 1), **collect_point(root, p, lam)}
     if row.get("mlflow_run_id"):

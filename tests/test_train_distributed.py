@@ -167,7 +167,7 @@ def test_resume_from_a_chosen_checkpoint(uninterrupted, data_dir, tmp_path_facto
     step2 = [c for c in ckpts if json.loads((c / "state.json").read_text())["step"] == 2]
     assert len(step2) == 1
     work = tmp_path_factory.mktemp("run_chosen")
-    c = run(params_for(data_dir, work, **{"distributed.resume_from": str(step2[0])}))
+    c = run(params_for(data_dir, work, **{"distributed.resume_from": str(step2[0]), "distributed.trust_resume": True}))
     ha, hc = history(a), history(c)
     assert sorted(hc) == [3, 4]  # nothing before the chosen checkpoint is re-run
     for step in (3, 4):
