@@ -305,6 +305,15 @@ def log_final_model(p: Params, tracking_uri: str, run_id: str, ckpt: Path) -> st
                                    {"checkpoint_id": checkpoint_id(ckpt)})
 
 
+def _under_project(path: str) -> str:
+    """A path inside the project as relative to it (metrics files are committed; this machine's
+    absolute paths mean nothing elsewhere); a path elsewhere (shared storage, s3://) as given."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_uri: str, out: str,
               ray_checkpoint: str) -> dict[str, Any]:
     steps = [r for r in rows if r["step"] > 0 and "loss" in r]
@@ -321,7 +330,7 @@ def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_
         "mlflow_tracking_uri": tracking_uri,
         "mlflow_experiment": p.mlflow.experiment,
         "checkpoint": out,
-        "ray_checkpoint": ray_checkpoint,
+        "ray_checkpoint": _under_project(ray_checkpoint),
         "workers": p.distributed.num_workers,
         "steps": len(steps),
         "lm_loss_first": mean("lm_loss", steps[:window]),
