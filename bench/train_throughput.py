@@ -37,6 +37,7 @@ from onegen_core.evaluation.retrieval import retrieval_recall
 from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
+from onegen_core.method.precision import autocast_dtype, resolve_autocast
 from onegen_core.method.segments import TrainingExample
 from onegen_core.training.dataset import load_examples
 from onegen_core.training.loop import StepOps, compute_precision, local_ops, make_optimizer, run_steps
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     p = load_params(args.params, parse_overrides(args.set))
     t_cfg = p.train
-    train_ex = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.max_examples_per_task)
+    train_ex = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.caps())
     if args.train_examples:
         train_ex = train_ex[:args.train_examples]
     val_ex = load_examples(p.train_data.val_file, ["multihop"])[:args.val_examples]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name.startswith("top"):
             k = int(name[3])
             cfg = dataclasses.replace(cfg, trainable_layers=k, length_bucketing=name.endswith("bucketed"))
-            model.train_top_layers(k, torch.bfloat16 if cfg.autocast == "bfloat16" else torch.float32)
+            model.train_top_layers(k, autocast_dtype(cfg.autocast))
         if name.endswith("fewer-docs"):
             examples = [fewer_docs(e, 2) if e.task == "multihop" else e for e in train_ex]
         model.train()
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ref:
         for r in results.values():
             r["tokens_per_s_ratio_over_full"] = r["tokens_per_s"] / ref["tokens_per_s"]
-    out = {"backbone": p.backbone.name, "autocast": t_cfg.autocast, "minutes_per_recipe": args.minutes,
+    out = {"backbone": p.backbone.name, "autocast": t_cfg.autocast, "autocast_resolved": resolve_autocast(t_cfg.autocast), "minutes_per_recipe": args.minutes,
            "train_examples": len(train_ex), "validation_examples": len(val_ex), "batch_size": t_cfg.batch_size,
            "loss": p.loss.kind, "lr": t_cfg.lr, "threads": args.threads, "recipes": results}
     Path(args.out).mkdir(parents=True, exist_ok=True)

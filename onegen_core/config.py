@@ -137,7 +137,7 @@ class BackboneConfig(_Section):
     name: str = _f("tiny", "'tiny' (built from `tiny` + a BPE trained on the corpus), a HF model id, or a local path")
     tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig, metadata={"help": "the embedded tiny model"})
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype while training (keep float32 with AdamW unless DeepSpeed keeps fp32 master weights: distributed.bf16)")
-    inference_dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype of a trained checkpoint when it encodes, is evaluated or serves (bfloat16: about twice as fast on CPUs with AVX512-BF16, vectors within bf16 rounding)")
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("float32", "weights dtype of a trained checkpoint when it encodes, is evaluated or serves (bfloat16: about twice as fast on CPUs with AVX512-BF16, vectors within bf16 rounding; several times slower where bfloat16 is emulated, e.g. AVX2-only CPUs); auto: bfloat16 where the device computes it natively, else float32 (onegen_core/method/precision.py)")
     chat_template: Literal["auto", "none"] = _f("auto", "auto: wrap the prompt of every example (training and inference alike) in the tokenizer's chat template when it has one (instruct backbones); none: plain text")
     attn_implementation: str = _f("sdpa", "transformers attention implementation (sdpa, eager, flash_attention_2)")
 
@@ -193,7 +193,7 @@ class TrainConfig(_Section):
     log_every: int = _f(10, "log every N optimizer steps", ge=1)
     output_dir: str = _f("models/core", "where the trained checkpoint is written")
     trainable_layers: int = _f(0, "train only the top N decoder layers and the final norm; the embeddings and lower layers stay frozen and their output is computed once per sequence and cached (a CPU recipe, valid on GPUs too); 0 = every layer", ge=0)
-    autocast: Literal["none", "bfloat16"] = _f("none", "compute dtype of the forward pass under torch.autocast (weights and optimizer state stay in backbone.dtype)")
+    autocast: Literal["auto", "none", "bfloat16"] = _f("none", "compute dtype of the forward pass under torch.autocast (weights and optimizer state stay in backbone.dtype); auto: bfloat16 where the device computes it natively, else none (onegen_core/method/precision.py)")
     length_bucketing: bool = _f(False, "order each epoch so that a global batch holds examples of similar length (less padding); the order stays a function of (seed, epoch)")
 
     def steps_per_epoch(self, n_examples: int) -> int:
@@ -213,6 +213,7 @@ class TrainDataConfig(_Section):
     val_file: str = _f("data/label/val.jsonl", "validation JSONL from the label stage: retrieval accuracy during training")
     tasks: list[str] = _f(["multihop"], "which tasks of the files to train on (multihop, entity_linking, selfrag)")
     max_examples_per_task: int = _f(0, "train on at most this many examples of each task (0 = all); a fixed hash-chosen subset", ge=0)
+    max_examples_by_task: dict[str, int] = _f({}, "per-task caps that replace max_examples_per_task for the tasks they name, e.g. {multihop: 0, entity_linking: 120} (0 = all of that task)")
     eval_every: int = _f(25, "validate every N optimizer steps (and after the last)", ge=1)
     val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)", ge=0)
     init_dir: str = _f("models/init", "the initial backbone (tiny: trained tokenizer + seeded weights), built once so every worker and every resume start from it")
@@ -223,6 +224,16 @@ class TrainDataConfig(_Section):
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ConfigError(f"train_data.tasks must name one or more of {list(TASKS)} (got {self.tasks!r})")
+        for task, cap in self.max_examples_by_task.items():
+            if task not in TASKS:
+                raise ConfigError(f"train_data.max_examples_by_task: unknown task {task!r} (known: {', '.join(TASKS)})")
+            if cap < 0:
+                raise ConfigError(f"train_data.max_examples_by_task.{task} must be >= 0 (got {cap!r})")
+
+    def caps(self) -> dict[str, int]:
+        """The cap of each trained task (0 = all of it): `max_examples_by_task` where it names the task,
+        else `max_examples_per_task`."""
+        return {t: self.max_examples_by_task.get(t, self.max_examples_per_task) for t in self.tasks}
 
 
 @dataclass
@@ -470,6 +481,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_convert(k, kt, f"{key} (a key)"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

@@ -17,6 +17,7 @@ from onegen_core.inference.document_encoding import encode_documents
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
+from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
 from tasks.lance_index import LanceIndex
 from tasks.stage_common import stage_params
@@ -94,7 +95,7 @@ def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = stage_params(__doc__, argv)
-    run(p.encode, p.backbone.inference_dtype)
+    run(p.encode, resolve_inference_dtype(p.backbone.inference_dtype))
 
 
 if __name__ == "__main__":

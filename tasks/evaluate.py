@@ -44,6 +44,7 @@ from onegen_core.evaluation.multihop import aggregate, evaluate_multihop, gold_o
 from onegen_core.inference.generation import EngineStats, RetrievalPolicy
 from onegen_core.inference.index import check_checkpoint
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
+from onegen_core.method.precision import resolve_inference_dtype
 from tasks.stage_common import stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.evaluate")
@@ -102,7 +103,7 @@ def multihop_systems(p: Params, lm, tok, units, unit_records, cache_dir: Path) -
             systems["minilm"] = {"model": lm, "tok": tok, "index": mini_index, "encoder": mini_encoder(tok),
                                  "checkpoint_id": None}
         if cfg.sft_checkpoint:
-            sft_lm, sft_tok, _ = load_pretrained(cfg.sft_checkpoint, BackboneConfig(name=cfg.sft_checkpoint, dtype=p.backbone.inference_dtype))
+            sft_lm, sft_tok, _ = load_pretrained(cfg.sft_checkpoint, BackboneConfig(name=cfg.sft_checkpoint, dtype=resolve_inference_dtype(p.backbone.inference_dtype)))
             systems["sft"] = {"model": sft_lm.eval(), "tok": sft_tok, "index": mini_index,
                               "encoder": mini_encoder(sft_tok), "checkpoint_id": None}
     if "bm25" in cfg.baselines:
@@ -386,12 +387,13 @@ def run(p: Params) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
-    lm, tok, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=p.backbone.inference_dtype))
+    dtype = resolve_inference_dtype(p.backbone.inference_dtype)
+    lm, tok, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=dtype))
     lm.eval()
     ck = checkpoint_id(cfg.checkpoint)
     units = LanceIndex(cfg.index_uri, cfg.units_table)
     check_checkpoint(units, ck)
-    key = {"checkpoint_id": ck, "dtype": p.backbone.inference_dtype, "query_style": p.reconstruct.query_style,
+    key = {"checkpoint_id": ck, "dtype": dtype, "query_style": p.reconstruct.query_style,
            **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size")}}
     cache = ResultCache(Path("runs") / "evaluate", key)
     log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
@@ -420,7 +422,8 @@ def log_to_mlflow(p: Params, result: dict, out: Path) -> dict[str, str]:
 
     meta_file = Path(p.evaluate.checkpoint) / "train_run.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    uri = meta.get("mlflow_tracking_uri") or tracking.tracking_uri(p.mlflow.tracking_uri)
+    # train_run.json records the store relative to the project (tracking.portable_uri): resolve it here
+    uri = tracking.tracking_uri(meta.get("mlflow_tracking_uri") or p.mlflow.tracking_uri)
     client = tracking.client_for(uri)
     parent = meta.get("mlflow_run_id")
     try:
@@ -444,7 +447,7 @@ def log_to_mlflow(p: Params, result: dict, out: Path) -> dict[str, str]:
     if parent:
         tracking.log_metrics(client, parent, metrics)
     log.info("MLflow: evaluate run %s (parent %s) at %s", rid, parent or "-", uri)
-    return {"run_id": rid, "parent_run_id": parent or "", "tracking_uri": uri}
+    return {"run_id": rid, "parent_run_id": parent or "", "tracking_uri": tracking.portable_uri(uri)}
 
 
 def main(argv: list[str] | None = None) -> None:

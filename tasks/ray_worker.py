@@ -67,6 +67,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     from onegen_core.evaluation.retrieval import retrieval_recall
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
+    from onegen_core.method.precision import autocast_dtype
     from onegen_core.training.dataset import load_examples
     from onegen_core.training.loop import (
         StepMetrics,
@@ -85,7 +86,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     t_cfg = p.train
 
-    train_ex = load_examples(config["train_file"], p.train_data.tasks, p.train_data.max_examples_per_task)
+    train_ex = load_examples(config["train_file"], p.train_data.tasks, p.train_data.caps())
     val_ex = load_examples(config["val_file"], p.train_data.tasks)
     if p.train_data.val_max_examples:
         val_ex = val_ex[:p.train_data.val_max_examples]
@@ -97,8 +98,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
     eval_collator = OneGenCollator(tokenizer, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
     if t_cfg.trainable_layers:
-        model.train_top_layers(t_cfg.trainable_layers,
-                               torch.bfloat16 if t_cfg.autocast == "bfloat16" else torch.float32)
+        model.train_top_layers(t_cfg.trainable_layers, autocast_dtype(t_cfg.autocast))
         if model.lower_cache is not None and world > 1:
             # ZeRO-3 needs the same module calls on every rank: fill the cache for every sequence any
             # rank will see, before the weights are partitioned, then refuse misses

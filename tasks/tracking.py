@@ -50,6 +50,19 @@ def tracking_uri(uri: str, root: str | Path | None = None) -> str:
     return uri
 
 
+def portable_uri(uri: str, root: str | Path | None = None) -> str:
+    """A sqlite store inside the project (`root`, default the current directory) as the relative URI that
+    params use (`sqlite:///mlruns.db`), so that metrics files and checkpoints record no machine's absolute
+    path; any other URI unchanged. `tracking_uri(portable_uri(u))` run from the project is `u` again."""
+    if not uri.startswith("sqlite:////"):
+        return uri
+    base = (Path(root) if root is not None else Path.cwd()).resolve()
+    try:
+        return "sqlite:///" + Path(uri[len("sqlite:///"):]).resolve().relative_to(base).as_posix()
+    except ValueError:  # a store outside the project stays absolute
+        return uri
+
+
 def artifact_location(loc: str, root: str | Path | None = None) -> str | None:
     """params `mlflow.artifact_location`: a URI as is, a path resolved against `root`, '' = None (the
     tracking server's default)."""

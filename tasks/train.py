@@ -81,7 +81,7 @@ def initial_backbone_key(p: Params) -> str:
     """What the tiny initial backbone depends on: its settings, the seed, and the texts its tokenizer is
     trained on — the training file and which of its examples are used (tasks, per-task cap)."""
     key = {k: v for k, v in flatten(p).items()
-           if k.startswith(("backbone", "tokenizer", "train.seed", "train_data.tasks", "train_data.max_examples_per_task"))}
+           if k.startswith(("backbone", "tokenizer", "train.seed", "train_data.tasks", "train_data.max_examples_"))}
     key["train_file"] = file_digest(p.train_data.train_file)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -107,7 +107,7 @@ def prepare_init(p: Params, fingerprint: str) -> str:
     if out.is_dir() and read_meta(out).get("init_key") == init_key:
         log.info("initial backbone %s is current (%s)", out, init_key)
         return str(out.resolve())
-    examples = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.max_examples_per_task)
+    examples = load_examples(p.train_data.train_file, p.train_data.tasks, p.train_data.caps())
     lm, tokenizer, _, meta = build_backbone(p.backbone, tokenizer_texts(examples, p.tokenizer.corpus),
                                             p.tokenizer.vocab_size, p.tokenizer.min_frequency, p.train.seed)
     tmp = out.with_name(out.name + ".tmp")
@@ -316,6 +316,8 @@ def _under_project(path: str) -> str:
 
 def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_uri: str, out: str,
               ray_checkpoint: str) -> dict[str, Any]:
+    from tasks import tracking
+
     steps = [r for r in rows if r["step"] > 0 and "loss" in r]
     vals = [r for r in rows if "val/recall_at_1" in r]
     window = max(1, len(steps) // 10)
@@ -327,7 +329,7 @@ def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_
     return {
         "ray_run": run_name,
         "mlflow_run_id": run_id,
-        "mlflow_tracking_uri": tracking_uri,
+        "mlflow_tracking_uri": tracking.portable_uri(tracking_uri),  # relative to the project, as params give it
         "mlflow_experiment": p.mlflow.experiment,
         "checkpoint": out,
         "ray_checkpoint": _under_project(ray_checkpoint),

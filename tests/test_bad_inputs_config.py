@@ -59,6 +59,10 @@ def test_empty_params_file_is_an_error(tmp_path, text):
         ("label.selfrag_negative_window", "[0.9, 0.5]", r"label\.selfrag_negative_window must be \[lo, hi\]"),
         ("train_data.tasks", "[multihopp]", r"train_data\.tasks must name one or more of"),
         ("annotate.max_attempts", "0", r"annotate\.max_attempts must be >= 1"),
+        ("train_data.max_examples_by_task", "{multihop: -1}", r"train_data\.max_examples_by_task\.multihop must be >= 0"),
+        ("train_data.max_examples_by_task", "{multhop: 5}", r"train_data\.max_examples_by_task: unknown task 'multhop'"),
+        ("train_data.max_examples_by_task", "[5]", r"train_data\.max_examples_by_task: expected a mapping"),
+        ("train_data.max_examples_by_task", "{multihop: many}", r"train_data\.max_examples_by_task\.multihop: expected int"),
         ("distributed.num_workers", "0", r"distributed\.num_workers must be >= 1"),
     ],
 )

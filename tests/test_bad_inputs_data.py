@@ -184,6 +184,25 @@ def test_training_file_with_a_bom_loads(tmp_path):
     assert [e.id for e in load_examples(f, ["multihop"])] == ["q1", "q2"]
 
 
+def test_per_task_caps_keep_a_hash_chosen_subset_of_each_task(tmp_path):
+    """`TrainDataConfig.caps()`: a task's own cap replaces the common one; 0 keeps all of that task."""
+    rows = [example_dict(id=f"q{i}") for i in range(6)] + [example_dict(id=f"e{i}", task="entity_linking") for i in range(5)]
+    f = write_lines(tmp_path / "train.jsonl", rows)
+    tasks = ["multihop", "entity_linking"]
+    both = load_examples(f, tasks, {"multihop": 0, "entity_linking": 2})
+    assert [e.task for e in both].count("multihop") == 6 and [e.task for e in both].count("entity_linking") == 2
+    same = load_examples(f, tasks, 2)
+    assert {e.id for e in same if e.task == "entity_linking"} == {e.id for e in both if e.task == "entity_linking"}
+    assert len(same) == 4
+    assert [e.id for e in both] == [r["id"] for r in rows if r["id"] in {e.id for e in both}]  # file order kept
+
+    from onegen_core.config import load_params
+
+    p = load_params(ROOT / "params.yaml", {"train_data.max_examples_per_task": 3,
+                                           "train_data.max_examples_by_task": {"multihop": 0}})
+    assert p.train_data.caps() == {"multihop": 0, "entity_linking": 3}
+
+
 # --------------------------------------------------------------------------- special tokens in data text
 
 

@@ -145,6 +145,21 @@ def test_cli_overrides_are_typed():
         "train.max_steps": 2, "train.lr": 1e-3, "tokenizer.corpus": [], "profile": "", "loss.kind": "info_nce"}
 
 
+def test_recorded_tracking_uris_are_relative_to_the_project_and_resolve_back(tmp_path, monkeypatch):
+    """metrics/{train,evaluate}.json and a checkpoint's train_run.json record the store as params give it,
+    so that a clone on another machine does not point at this machine's path."""
+    from tasks.tracking import portable_uri, tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    inside = tracking_uri("sqlite:///mlruns.db")
+    assert inside == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+    assert portable_uri(inside) == "sqlite:///mlruns.db" and tracking_uri(portable_uri(inside)) == inside
+    assert portable_uri(tracking_uri("sqlite:///sub/m.db")) == "sqlite:///sub/m.db"
+    outside = f"sqlite:///{tmp_path.parent.resolve() / 'elsewhere.db'}"
+    assert portable_uri(outside) == outside  # outside the project: kept absolute
+    assert portable_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
 def test_stage_output_is_streamed_with_secrets_redacted_and_progress_throttled(tmp_path, monkeypatch):
     from flows.common import FlowError, refuse_secrets, secret_values, stream_command
 

@@ -94,7 +94,9 @@ def test_zero3_run_writes_a_loadable_checkpoint_and_an_mlflow_run(uninterrupted)
     assert tok.convert_tokens_to_ids("[RQ]") == ids.rq
     assert json.loads((work / "train.json").read_text())["mlflow_run_id"] == s["mlflow_run_id"]
 
-    client = MlflowClient(tracking_uri=s["mlflow_tracking_uri"])
+    from tasks.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(s["mlflow_tracking_uri"]))
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     for key in ("loss", "lm_loss", "retrieval_loss", "lr", "tokens_per_s", "val/recall_at_1"):

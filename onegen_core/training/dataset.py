@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from onegen_core.config import TASKS
@@ -48,20 +48,23 @@ def read_examples(path: str | Path) -> Iterator[TrainingExample]:
             yield ex
 
 
-def load_examples(path: str | Path, tasks: list[str], max_per_task: int = 0) -> list[TrainingExample]:
-    """Examples of `tasks` in `path` (read strictly, `read_examples`). `max_per_task` > 0 keeps that many
-    examples of each task, chosen by a hash of the example id (the same subset whatever the file order),
-    in file order."""
+def load_examples(path: str | Path, tasks: list[str],
+                  max_per_task: int | Mapping[str, int] = 0) -> list[TrainingExample]:
+    """Examples of `tasks` in `path` (read strictly, `read_examples`). A cap > 0 (one for every task, or
+    one per task as `TrainDataConfig.caps()` gives them; a task not in the mapping is uncapped) keeps that
+    many examples of the task, chosen by a hash of the example id (the same subset whatever the file
+    order), in file order."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: training file missing; run `dvc repro label`")
     out = [ex for ex in read_examples(path) if ex.task in tasks]
     if not out:
         raise ValueError(f"{path}: no examples of tasks {tasks}")
-    if max_per_task > 0:
+    caps = dict(max_per_task) if isinstance(max_per_task, Mapping) else {t: max_per_task for t in tasks}
+    if any(caps.get(t, 0) > 0 for t in tasks):
         keep: set[str] = set()
         for task in tasks:
             ids = sorted((e.id for e in out if e.task == task), key=lambda i: hashlib.sha1(i.encode()).hexdigest())
-            keep.update(ids[:max_per_task])
+            keep.update(ids[:caps[task]] if caps.get(task, 0) > 0 else ids)
         out = [e for e in out if e.id in keep]
     return out
 

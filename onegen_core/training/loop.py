@@ -60,14 +60,16 @@ def example_size(ex: TrainingExample) -> int:
 
 
 def compute_precision(autocast: str, device: str | torch.device = "cpu"):
-    """The context the forward pass runs in: torch.autocast at bfloat16, or nothing."""
+    """The context the forward pass runs in: torch.autocast at bfloat16, or nothing ('auto' resolves by
+    `precision.resolve_autocast`: bfloat16 where the device computes it natively)."""
     import contextlib
 
-    if autocast == "none":
+    from onegen_core.method.precision import resolve_autocast
+
+    kind = torch.device(device).type
+    if resolve_autocast(autocast, kind) == "none":
         return contextlib.nullcontext()
-    if autocast != "bfloat16":
-        raise ValueError(f"autocast must be 'none' or 'bfloat16', got {autocast!r}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(kind, dtype=torch.bfloat16)
 
 
 def micro_batches_for_step(

@@ -214,6 +214,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
     from tasks.serving.corpus import add_documents, read_documents
+    from onegen_core.method.precision import resolve_inference_dtype
     from tasks.serving.service import load_model
 
     root, p = _params(args)
@@ -221,7 +222,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     table = args.table or p.encode.table
     granularity = args.granularity or ("document" if table == p.encode.kb_table else p.encode.granularity)
     docs = read_documents(args.path, granularity)
-    lm, tok, ck = load_model(checkpoint, p.backbone.inference_dtype)
+    lm, tok, ck = load_model(checkpoint, resolve_inference_dtype(p.backbone.inference_dtype))
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tok, max_length=p.encode.max_doc_length, max_doc_length=p.encode.max_doc_length)
     report = add_documents(model, collator, docs, uri, table, checkpoint, ck, args.batch_size or p.encode.batch_size,

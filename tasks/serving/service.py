@@ -37,6 +37,7 @@ from onegen_core.inference.generation import EngineStats, RetrievalEvent, Retrie
 from onegen_core.inference.index import Hit, IndexMismatchError
 from onegen_core.inference.token_bytes import token_bytes
 from onegen_core.method.encoding import SegmentTokenizer
+from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.prompts import question_prompt
 from onegen_core.method.tokens import SPECIAL_TOKENS
 from onegen_core.prepare.labelling import text_windows
@@ -221,7 +222,7 @@ class ModelService:
         self.index_uri = index_uri or params.encode.uri
         self.units_table = units_table or params.encode.table
         self.kb_table = kb_table or params.encode.kb_table
-        self.dtype = params.backbone.inference_dtype
+        self.dtype = resolve_inference_dtype(params.backbone.inference_dtype)
         t0 = time.perf_counter()
         self.model, self.tokenizer, self.checkpoint_id = load_model(self.checkpoint, self.dtype)
         self.units = open_index(self.index_uri, self.units_table, self.checkpoint, self.checkpoint_id)
