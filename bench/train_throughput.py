@@ -50,6 +50,14 @@ class _OutOfTime(Exception):
     pass
 
 
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (q in [0, 1]) of a sorted, non-empty list."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
 def fewer_docs(ex: TrainingExample, keep_distractors: int) -> TrainingExample:
     """The example with at most `keep_distractors` paragraphs that hold no positive of any query."""
     gold = {u for q in ex.queries for u in q.positives}
@@ -143,16 +151,25 @@ def main(argv: list[str] | None = None) -> dict:
             "retrieval_loss_last": steps[-1].retrieval_loss if steps else float("nan"),
             "cache_sequences": len(model.lower_cache) if model.lower_cache else 0,
         }
+        # the spread of one recipe's steps: the first epoch of a top-K recipe also fills the frozen layers'
+        # cache, so its steps are slower by design; the quartiles say how much a step varies on this machine
+        rates = sorted(m.tokens_per_s for m in steps)
+        results[name]["step_tokens_per_s_quartiles"] = [round(quantile(rates, q), 1) for q in (0.25, 0.5, 0.75)] if rates else []
         r = results[name]
-        print(f"{name:>16}: {r['steps']:4d} steps in {r['seconds']:.0f} s, {r['tokens_per_s']:7.0f} tokens/s, "
+        q = r["step_tokens_per_s_quartiles"] or [float("nan")] * 3
+        print(f"{name:>16}: {r['steps']:4d} steps in {r['seconds']:.0f} s, {r['tokens_per_s']:7.0f} tokens/s "
+              f"(per step: median {q[1]:.0f}, quartiles {q[0]:.0f}-{q[2]:.0f}), "
               f"Recall@1 {before:.3f} -> {after:.3f} ({r['recall_at_1_gain_per_minute']:+.4f}/min), "
               f"{r['trainable_parameters'] / 1e6:.1f}M trainable", flush=True)
         del model, lm
     ref = results.get("full")
     if ref:
+        print("tokens/s over full fine-tuning (the same run):", ", ".join(
+            f"{n} {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" for n, r in results.items() if n != "full"), flush=True)
         for r in results.values():
             r["tokens_per_s_ratio_over_full"] = r["tokens_per_s"] / ref["tokens_per_s"]
-    out = {"backbone": p.backbone.name, "autocast": t_cfg.autocast, "autocast_resolved": resolve_autocast(t_cfg.autocast), "minutes_per_recipe": args.minutes,
+    out = {"backbone": p.backbone.name, "autocast": t_cfg.autocast, "autocast_resolved": resolve_autocast(t_cfg.autocast),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "minutes_per_recipe": args.minutes,
            "train_examples": len(train_ex), "validation_examples": len(val_ex), "batch_size": t_cfg.batch_size,
            "loss": p.loss.kind, "lr": t_cfg.lr, "threads": args.threads, "recipes": results}
     Path(args.out).mkdir(parents=True, exist_ok=True)

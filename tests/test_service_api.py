@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.test_service_support import ARTHUR, DERRICKSON, OBAMA, PARIS, one_thread, tiny_params, tiny_project
+from tests.test_service_support import ARTHUR, DERRICKSON, OBAMA, PARIS, assert_same_answer, one_thread, tiny_params, tiny_project
 
 httpx = pytest.importorskip("httpx")
 
@@ -157,18 +157,6 @@ def raw_post(u: str, path: str, body: dict) -> socket.socket:
     return s
 
 
-def same_answer(a: dict, b: dict) -> None:
-    """The same generation: text, answer, finish reason, counts, hit ids and positions exactly; scores
-    to float rounding (a padded batch sums in another order)."""
-    keys = ("question", "answer", "text", "finish_reason", "counts")
-    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-    assert len(a["retrievals"]) == len(b["retrievals"])
-    for ra, rb in zip(a["retrievals"], b["retrievals"]):
-        assert (ra["query"], ra["position"]) == (rb["query"], rb["position"])
-        assert [h["id"] for h in ra["hits"]] == [h["id"] for h in rb["hits"]]
-        assert [h["score"] for h in ra["hits"]] == pytest.approx([h["score"] for h in rb["hits"]], abs=1e-5)
-
-
 # ------------------------------------------------------------------------------------------ happy paths
 
 def test_ask_returns_the_answer_its_retrievals_and_counts(url, service):
@@ -261,7 +249,7 @@ def test_ask_streams_tokens_and_retrievals_then_the_final_object(url):
     # each retrieval is sent as it happens, and is the one the final object lists
     assert [{k: v for k, v in d.items() if k != "type"} for e, d in events if e == "retrieval"] == done["retrievals"]
     plain = httpx.post(f"{url}/v1/ask", json={"question": ARTHUR}, timeout=60).json()
-    same_answer(plain, done)
+    assert_same_answer(plain, done)
 
 
 def test_link_streams_each_mention_as_it_is_linked(url):
@@ -529,7 +517,7 @@ def test_concurrent_requests_are_batched_and_equal_one_at_a_time_answers(service
     assert [t["batch"]["rows"] for t in together] == [len(BATCH)] * len(BATCH)
     assert state["batches"] == 1 and state["mean_batch_rows"] == len(BATCH) and state["completed"] == len(BATCH)
     for a, b in zip(alone, together):
-        same_answer(a, b)
+        assert_same_answer(a, b)
     assert together[0]["answer"] == "Arthur's Magazine" and together[1]["answer"] == "yes"
     assert together[4]["finish_reason"] == "length" and together[4]["counts"]["generated_tokens"] == 3
     assert all(len(e["hits"]) == 1 for e in together[5]["retrievals"])

@@ -5,70 +5,23 @@ then links a sentence on the entity-linking tab and checks the highlighted spans
 checked on a screenshot (size, not blank, the page's highlight colours present)."""
 from __future__ import annotations
 
-import base64
 import io
-import json
 import os
-import shutil
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.browser_cdp import CHROMIUM, Chromium
 from tests.test_service_support import ARTHUR, OBAMA, one_thread, tiny_params, tiny_project
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
 MARK = (0xFF, 0xE0, 0x8A)  # mark.mention background (webui --mark)
 ACCENT = (0x23, 0x57, 0xC6)  # buttons and score bars (webui --accent)
 
 
-class Browser:
-    """A headless Chromium with one page, driven over the DevTools protocol (a WebSocket)."""
-
-    def __init__(self, profile: Path) -> None:
-        from websockets.sync.client import connect
-
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             "--window-size=1280,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("chromium did not start")
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
-        self.ws = connect(ws_url, max_size=2**27, open_timeout=10)
-        self.n = 0
-        self.console: list[str] = []
-        self.call("Runtime.enable")
-        self.call("Page.enable")
-
-    def call(self, method: str, **params):
-        self.n += 1
-        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=60))
-            if msg.get("method") == "Runtime.exceptionThrown":
-                self.console.append(json.dumps(msg["params"]["exceptionDetails"])[:500])
-            if msg.get("id") == self.n:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expression: str):
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
-        return r["result"].get("value")
+class Browser(Chromium):
+    """The page driven as a user would: typing, clicking, waiting."""
 
     def wait(self, expression: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -89,18 +42,8 @@ class Browser:
     def screenshot(self):
         from PIL import Image
 
-        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        png = self.png()
         return Image.open(io.BytesIO(png)).convert("RGB"), png
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _has_colour(img, rgb: tuple[int, int, int], at_least: int) -> bool:
@@ -162,6 +105,6 @@ def test_the_page_streams_an_answer_with_its_passages_and_highlights_linked_span
         img, png = browser.screenshot()
         (shots / "link.png").write_bytes(png)
         assert _has_colour(img, MARK, 1500)  # both highlighted spans are drawn
-        assert browser.console == []
+        assert browser.errors == []
     finally:
         browser.close()

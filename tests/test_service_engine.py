@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.test_service_support import ARTHUR, DERRICKSON, OBAMA, PARIS, one_thread, tiny_params, tiny_project
+from tests.test_service_support import ARTHUR, DERRICKSON, OBAMA, PARIS, assert_same_answer, one_thread, tiny_params, tiny_project
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +38,6 @@ def _link(service, texts, **opts):
 
     o = service.link_options(**opts)
     return service.run_link([(service.link_input(t, o), QuietChannel()) for t in texts])
-
-
-def assert_same_answer(a: dict, b: dict) -> None:
-    """The same generation: text, answer, finish reason, counts, hit ids and positions exactly; scores
-    to float rounding (a padded batch sums in another order)."""
-    keys = ("question", "answer", "text", "finish_reason", "counts")
-    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-    assert len(a["retrievals"]) == len(b["retrievals"])
-    for ra, rb in zip(a["retrievals"], b["retrievals"]):
-        assert (ra["query"], ra["position"]) == (rb["query"], rb["position"])
-        assert [h["id"] for h in ra["hits"]] == [h["id"] for h in rb["hits"]]
-        assert [h["score"] for h in ra["hits"]] == pytest.approx([h["score"] for h in rb["hits"]], abs=1e-5)
 
 
 def test_the_tiny_model_answers_and_retrieves(service):

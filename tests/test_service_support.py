@@ -6,6 +6,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 ARTHUR = "Which magazine was started first, Arthur's Magazine or First for Women?"
@@ -49,3 +51,15 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def assert_same_answer(a: dict, b: dict) -> None:
+    """The same generation: text, answer, finish reason, counts, hit ids and positions exactly; scores
+    to float rounding (a padded batch sums in another order)."""
+    keys = ("question", "answer", "text", "finish_reason", "counts")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert len(a["retrievals"]) == len(b["retrievals"])
+    for ra, rb in zip(a["retrievals"], b["retrievals"]):
+        assert (ra["query"], ra["position"]) == (rb["query"], rb["position"])
+        assert [h["id"] for h in ra["hits"]] == [h["id"] for h in rb["hits"]]
+        assert [h["score"] for h in ra["hits"]] == pytest.approx([h["score"] for h in rb["hits"]], abs=1e-5)

@@ -16,104 +16,40 @@ and not where they should not).
 """
 from __future__ import annotations
 
-import base64
 import io
-import json
 import os
-import shutil
-import signal
-import subprocess
-import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
+from tests.browser_cdp import CHROMIUM, HEIGHT, WIDTH, Chromium
 from tests.test_service_support import ARTHUR, OBAMA, one_thread, tiny_params, tiny_project
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 
 MARK = (0xFF, 0xE0, 0x8A)  # mark.mention background (webui --mark)
 ACCENT = (0x23, 0x57, 0xC6)  # the buttons and the score bars (webui --accent)
-WIDTH, HEIGHT = 1280, 900
 
 
 # ------------------------------------------------------------------------------------------ chromium
 
-class Browser:
-    """One headless Chromium and its page, over the DevTools protocol."""
-
-    def __init__(self, profile: Path) -> None:
-        from websockets.sync.client import connect
-
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-             f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--window-size={WIDTH},{HEIGHT}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            port_file = profile / "DevToolsActivePort"  # Chromium writes the port it bound
-            self._until(lambda: port_file.is_file() and port_file.read_text().strip(), "chromium to start")
-            port = int(port_file.read_text().split()[0])
-            pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
-            ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
-            self.ws = connect(ws_url, max_size=2**27, open_timeout=30)
-        except BaseException:
-            self.close()
-            raise
-        self.n = 0
-        self.errors: list[str] = []
-        self.call("Runtime.enable")
-        self.call("Page.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
-
-    def _until(self, predicate, what: str, bound_s: float = 120.0) -> None:
-        """Poll until `predicate()`; the bound only catches a hang."""
-        deadline = time.monotonic() + bound_s
-        while not predicate():
-            if getattr(self, "proc", None) is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited ({self.proc.returncode}) while waiting for {what}")
-            assert time.monotonic() < deadline, f"still waiting for {what}"
-            time.sleep(0.02)
-
-    def call(self, method: str, **params):
-        self.n += 1
-        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=120))
-            if msg.get("method") == "Runtime.exceptionThrown":
-                self.errors.append(json.dumps(msg["params"]["exceptionDetails"])[:500])
-            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] == "error":
-                self.errors.append(json.dumps(msg["params"]["args"])[:500])
-            if msg.get("id") == self.n:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expression: str):
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
-        return r["result"].get("value")
+class Browser(Chromium):
+    """The page of `onegen api`, opened by address."""
 
     def open(self, url: str, state: str | None) -> Node:
         """Load `url`; wait until the page has loaded and, if `state` ("ask" / "link") is given, until
         that task has finished (done or error); the DOM then."""
         self.js("window.__previous_page = true")  # gone once the new document has replaced this one
         self.call("Page.navigate", url=url)
-        self._until(lambda: self.js("window.__previous_page === undefined && document.readyState === 'complete'"),
+        self.until(lambda: self.js("window.__previous_page === undefined && document.readyState === 'complete'"),
                     f"{url} to load")
         assert self.js("location.href") == url
-        self._until(lambda: self.js("!document.getElementById('status').textContent.includes('connecting')"),
+        self.until(lambda: self.js("!document.getElementById('status').textContent.includes('connecting')"),
                     "the page's health check")
         if state:
-            self._until(lambda: self.js(f"['done', 'error'].includes(document.body.dataset.{state}State)"),
+            self.until(lambda: self.js(f"['done', 'error'].includes(document.body.dataset.{state}State)"),
                         f"the page's {state} to finish")
         tree = _Tree()
         tree.feed(self.js("document.documentElement.outerHTML"))
@@ -123,7 +59,7 @@ class Browser:
         """A PNG of the page, checked to be a real rendering; (image, bytes)."""
         from PIL import Image
 
-        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        png = self.png()
         out.write_bytes(png)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, f"{out}: {len(png)} bytes"
         img = Image.open(io.BytesIO(png)).convert("RGB")
@@ -132,21 +68,6 @@ class Browser:
         most = max(n for n, _ in colours)
         assert len(colours) > 50 and most < 0.95 * WIDTH * HEIGHT, "the screenshot is (nearly) one colour"
         return img, png
-
-    def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: helpers that outlive the browser
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
 
 
 class Node:
