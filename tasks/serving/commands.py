@@ -213,8 +213,8 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     from onegen_core.config import LossConfig
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
-    from tasks.serving.corpus import add_documents, read_documents
     from onegen_core.method.precision import resolve_inference_dtype
+    from tasks.serving.corpus import add_documents, read_documents
     from tasks.serving.service import load_model
 
     root, p = _params(args)
