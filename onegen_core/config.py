@@ -170,6 +170,7 @@ class LossConfig(_Section):
     positives_per_query: int = _f(2, "positives sampled per [RQ]", ge=1)
     negatives_per_positive: int = _f(8, "negatives sampled per positive", ge=0)
     share_negatives: bool = _f(True, "units of the other examples in the batch are negatives too")
+    own_negatives_first: bool = _f(False, "draw each positive's negatives from its own example's labelled negatives first (a question's distractor paragraphs, a mention's candidates), the batch's shared units only after them; false = uniform over both")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # lambda_g, lambda_r >= 0 and temperature > 0, all finite

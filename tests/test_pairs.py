@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from onegen_core.method.pairs import sample_pairs
@@ -38,3 +39,37 @@ def test_sampling_is_reproducible():
 def test_no_queries():
     p = sample_pairs(torch.zeros(0, 3, dtype=torch.bool), torch.zeros(0, 3, dtype=torch.bool), 1, 4)
     assert p.query_rows.numel() == 0 and p.negative_cols.shape == (0, 4)
+
+
+def test_own_negatives_first_draws_the_querys_own_units_before_shared_ones():
+    # one query, positive unit 0; own negatives 1-3 (its distractors), shared negatives 4-11 (other examples)
+    pos = torch.zeros(1, 12, dtype=torch.bool)
+    pos[0, 0] = True
+    neg = torch.ones(1, 12, dtype=torch.bool)
+    neg[0, 0] = False
+    own = torch.zeros(1, 12, dtype=torch.bool)
+    own[0, :4] = True
+    seen_own = set()
+    for seed in range(20):
+        p = sample_pairs(pos, neg, 1, 5, torch.Generator().manual_seed(seed), own_mask=own, own_first=True)
+        picked = p.negative_cols[0].tolist()
+        assert set(picked[:3]) == {1, 2, 3}  # every own negative, whatever the draw
+        assert all(4 <= c <= 11 for c in picked[3:]) and len(set(picked)) == 5
+        assert p.stats["negatives_own"] == 3 and p.stats["negatives_drawn"] == 5
+        seen_own.add(tuple(picked[:3]))
+    assert len(seen_own) > 1  # own negatives are still shuffled
+    # uniform draws (the default) mostly pick shared units: 8 of the 11 negatives
+    uniform = [sample_pairs(pos, neg, 1, 5, torch.Generator().manual_seed(s)).negative_cols[0] for s in range(50)]
+    own_share = sum(int(own[0, u].sum()) for u in uniform) / (50 * 5)
+    assert own_share < 0.5
+
+
+def test_own_negatives_first_keeps_a_short_list_of_own_negatives_and_needs_the_mask():
+    pos = torch.tensor([[1, 0, 0, 0]], dtype=torch.bool)
+    neg = torch.tensor([[0, 1, 1, 1]], dtype=torch.bool)
+    own = torch.tensor([[1, 0, 0, 1]], dtype=torch.bool)
+    p = sample_pairs(pos, neg, 1, 2, torch.Generator().manual_seed(0), own_mask=own, own_first=True)
+    assert p.negative_cols[0].tolist()[0] == 3  # the one own negative first, then a shared one
+    assert p.negative_cols[0].tolist()[1] in (1, 2)
+    with pytest.raises(ValueError, match="own_mask"):
+        sample_pairs(pos, neg, 1, 2, own_first=True)

@@ -148,7 +148,8 @@ class OneGenModel(torch.nn.Module):
             lm_mean = torch.tensor(float("nan"))
 
         pairs = sample_pairs(
-            batch.positive_mask, batch.negative_mask, cfg.positives_per_query, cfg.negatives_per_positive, generator
+            batch.positive_mask, batch.negative_mask, cfg.positives_per_query, cfg.negatives_per_positive, generator,
+            own_mask=batch.own_mask, own_first=cfg.own_negatives_first,
         )
         n_pairs = len(pairs.query_rows)
         if cfg.lambda_r > 0 and not n_pairs and self.agree_calls:

@@ -25,15 +25,24 @@ def sample_pairs(
     positives_per_query: int,
     negatives_per_positive: int,
     generator: torch.Generator | None = None,
+    own_mask: torch.Tensor | None = None,
+    own_first: bool = False,
 ) -> PairIndex:
     """Draw up to `positives_per_query` positives per query, each with `negatives_per_positive`
     negatives (without replacement when enough exist, else with replacement).
 
-    positive_mask, negative_mask: (n_queries, n_units) bool. Queries with no positive or no negative
-    contribute nothing and are counted in `stats`.
+    positive_mask, negative_mask, own_mask: (n_queries, n_units) bool. Queries with no positive or no
+    negative contribute nothing and are counted in `stats`.
+    own_first: draw a positive's negatives from the query's own example first (`own_mask`: its
+    labelled negatives, e.g. a question's distractor paragraphs) and only then from the units the
+    batch's other examples share. Why: with uniform draws a multi-hop query in a batch with entity-
+    linking windows gets mostly other examples' documents (~60 entities a window against ~20 units of
+    its own paragraphs), which are easy, while inference ranks the question's own paragraphs.
     """
     if positives_per_query < 1 or negatives_per_positive < 1:
         raise ValueError("positives_per_query and negatives_per_positive must be >= 1")
+    if own_first and (own_mask is None or own_mask.shape != negative_mask.shape):
+        raise ValueError("own_first needs an own_mask of the negative mask's shape (n_queries, n_units)")
     stats: Counter = Counter()
     q_rows: list[int] = []
     p_cols: list[int] = []
@@ -49,12 +58,19 @@ def sample_pairs(
             stats["queries_skipped_no_negative"] += 1
             continue
         stats["queries_used"] += 1
+        own = own_mask[i, neg] if own_first else None  # (len(neg),) bool: which negatives are the query's own
         pos = pos[torch.randperm(len(pos), generator=generator)[:positives_per_query]]
         for p in pos.tolist():
             if len(neg) >= k:
-                picked = neg[torch.randperm(len(neg), generator=generator)[:k]]
+                order = torch.randperm(len(neg), generator=generator)
+                if own is not None:
+                    order = torch.cat([order[own[order]], order[~own[order]]])  # own first, each part shuffled
+                picked = neg[order[:k]]
             else:
                 picked = neg[torch.randint(len(neg), (k,), generator=generator)]
+            if own is not None:
+                stats["negatives_own"] += int(own_mask[i, picked].sum())
+            stats["negatives_drawn"] += k
             q_rows.append(i)
             p_cols.append(p)
             n_cols.append(picked)
