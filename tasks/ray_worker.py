@@ -184,6 +184,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         metrics = {k: getattr(m, k) for k in ("loss", "lm_loss", "retrieval_loss", "pair_accuracy", "lr",
                                               "tokens_per_s", "grad_norm")}
         metrics["epoch"] = float(m.epoch)
+        if m.stats.get("negatives_drawn"):  # this rank's step: how many negatives came from the query's own example
+            metrics["own_negative_share"] = m.stats["negatives_own"] / m.stats["negatives_drawn"]
         if bar:
             bar.update(1)
         if done % p.train_data.eval_every == 0 or last:

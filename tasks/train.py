@@ -340,6 +340,8 @@ def summarise(rows: list[dict], p: Params, run_name: str, run_id: str, tracking_
         "retrieval_loss_first": mean("retrieval_loss", steps[:window]),
         "retrieval_loss_last": mean("retrieval_loss", steps[-window:]),
         "tokens_per_s": mean("tokens_per_s", steps[1:] or steps),
+        # of the negatives drawn, the share from the query's own example (loss.own_negatives_first)
+        "own_negative_share": mean("own_negative_share", steps),
         "val_before": {k[4:]: v for k, v in vals[0].items() if k.startswith("val/")} if vals else {},
         "val_after": {k[4:]: v for k, v in vals[-1].items() if k.startswith("val/")} if vals else {},
     }

@@ -73,3 +73,15 @@ def test_own_negatives_first_keeps_a_short_list_of_own_negatives_and_needs_the_m
     assert p.negative_cols[0].tolist()[1] in (1, 2)
     with pytest.raises(ValueError, match="own_mask"):
         sample_pairs(pos, neg, 1, 2, own_first=True)
+    with pytest.raises(ValueError, match="own_mask is"):
+        sample_pairs(pos, neg, 1, 2, own_mask=own[:, :3])
+
+
+def test_uniform_draws_count_their_own_share_and_draw_as_before():
+    pos, neg = masks()
+    own = torch.ones_like(neg)
+    a = sample_pairs(pos, neg, 1, 2, torch.Generator().manual_seed(5))
+    b = sample_pairs(pos, neg, 1, 2, torch.Generator().manual_seed(5), own_mask=own)
+    assert torch.equal(a.negative_cols, b.negative_cols)  # counting does not change the draws
+    assert "negatives_own" not in a.stats
+    assert b.stats["negatives_own"] == b.stats["negatives_drawn"] == 2 * len(b.query_rows)

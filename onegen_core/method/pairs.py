@@ -41,8 +41,10 @@ def sample_pairs(
     """
     if positives_per_query < 1 or negatives_per_positive < 1:
         raise ValueError("positives_per_query and negatives_per_positive must be >= 1")
-    if own_first and (own_mask is None or own_mask.shape != negative_mask.shape):
-        raise ValueError("own_first needs an own_mask of the negative mask's shape (n_queries, n_units)")
+    if own_first and own_mask is None:
+        raise ValueError("own_first needs an own_mask (n_queries, n_units)")
+    if own_mask is not None and own_mask.shape != negative_mask.shape:
+        raise ValueError(f"own_mask is {tuple(own_mask.shape)}, the negative mask {tuple(negative_mask.shape)}")
     stats: Counter = Counter()
     q_rows: list[int] = []
     p_cols: list[int] = []
@@ -58,12 +60,12 @@ def sample_pairs(
             stats["queries_skipped_no_negative"] += 1
             continue
         stats["queries_used"] += 1
-        own = own_mask[i, neg] if own_first else None  # (len(neg),) bool: which negatives are the query's own
+        own = own_mask[i, neg] if own_mask is not None else None  # (len(neg),) bool: the query's own negatives
         pos = pos[torch.randperm(len(pos), generator=generator)[:positives_per_query]]
         for p in pos.tolist():
             if len(neg) >= k:
                 order = torch.randperm(len(neg), generator=generator)
-                if own is not None:
+                if own_first:
                     order = torch.cat([order[own[order]], order[~own[order]]])  # own first, each part shuffled
                 picked = neg[order[:k]]
             else:
