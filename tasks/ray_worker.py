@@ -149,7 +149,8 @@ def worker_loop(config: dict[str, Any]) -> None:
                 for task in tasks_:
                     part = retrieval_recall(engine.module, eval_collator, [e for e in val_ex if e.task == task],
                                             batch_size=t_cfg.batch_size)
-                    out.update({f"val/{task}/{k}": part[k] for k in ("recall_at_1", "recall_at_5", "queries")})
+                    keys = ("recall_at_1", "recall_at_5", "open_recall_at_1", "open_recall_at_5", "queries")
+                    out.update({f"val/{task}/{k}": part[k] for k in keys})
         return out
 
     if step == 0:

@@ -1,5 +1,6 @@
 """Teacher-forced retrieval quality of [RQ] vs [RD] vectors: Recall@k over each question's own
-candidate units (the distractor setting).
+candidate units (the distractor setting), and over every unit of the examples given (`open_*`, the
+open setting's analogue: other questions' paragraphs and other windows' entities compete too).
 
 This measures the retrieval half of the model on gold-formatted sequences (the [RQ] sees the gold
 history); the end-to-end figure, where the model's own generation decides what precedes each [RQ],
@@ -32,6 +33,12 @@ def retrieval_recall(
     the later ones: a later [RQ] follows pasted passages, which its vector must look past."""
     was_training = model.training
     model.eval()
+    # the open measure: every distinct unit of the examples (by id: a document two examples share is one
+    # candidate), each query ranking all of them except its own example's unlabelled units (e.g. a later
+    # hop's gold paragraph), which the own-candidate measure leaves out as well
+    pool_vec: dict[str, torch.Tensor] = {}
+    pool_doc: dict[str, str] = {}
+    open_queries: list[tuple[torch.Tensor, set[str], set[str]]] = []  # (vector (dim,), positive ids, excluded ids)
     hits = {k: 0 for k in ks}
     doc_hits = 0
     n = 0
@@ -45,6 +52,10 @@ def retrieval_recall(
         q = F.normalize(gather_positions(hidden, batch.query_index).float(), dim=-1)  # (n_q, dim)
         d = F.normalize(model.vectors_at(batch.doc_input_ids, batch.doc_attention_mask, batch.doc_index).float(), dim=-1)
         scores = (q @ d.T).masked_fill(~batch.own_mask, float("-inf"))  # (n_q, n_u)
+        for j, uid in enumerate(batch.unit_ids):
+            if uid not in pool_vec:
+                pool_vec[uid], pool_doc[uid] = d[j].cpu(), batch.unit_docs[j]
+        unlabelled = batch.own_mask & ~batch.positive_mask & ~batch.negative_mask  # (n_q, n_u)
         rows = batch.query_index[:, 0].tolist()
         for r in range(scores.shape[0]):
             pos = batch.positive_mask[r]
@@ -52,6 +63,8 @@ def retrieval_recall(
                 skipped += 1
                 continue
             n += 1
+            open_queries.append((q[r].cpu(), {batch.unit_ids[j] for j in pos.nonzero().flatten().tolist()},
+                                 {batch.unit_ids[j] for j in unlabelled[r].nonzero().flatten().tolist()}))
             order = scores[r].argsort(descending=True)
             for k in ks:
                 hits[k] += int(pos[order[:k]].any())
@@ -69,4 +82,32 @@ def retrieval_recall(
         out[f"recall_at_1_{name}_rq"] = h / m if m else float("nan")
     out["queries"] = float(n)
     out["queries_without_positive"] = float(skipped)
+    out.update(_open_recall(pool_vec, pool_doc, open_queries, ks))
+    return out
+
+
+def _open_recall(pool_vec: dict[str, torch.Tensor], pool_doc: dict[str, str],
+                 queries: list[tuple[torch.Tensor, set[str], set[str]]], ks: tuple[int, ...]) -> dict[str, float]:
+    """Recall@k and document Recall@1 of each query over the whole pool of units (minus its excluded ids)."""
+    if not queries:
+        return {**{f"open_recall_at_{k}": float("nan") for k in ks}, "open_doc_recall_at_1": float("nan"),
+                "open_candidates": 0.0}
+    ids = list(pool_vec)
+    col = {u: j for j, u in enumerate(ids)}
+    units = torch.stack([pool_vec[u] for u in ids])  # (n_pool, dim), normalised
+    qs = torch.stack([q for q, _, _ in queries])  # (n_q, dim)
+    scores = qs @ units.T  # (n_q, n_pool)
+    hits = {k: 0 for k in ks}
+    doc_hits = 0
+    for r, (_, positives, excluded) in enumerate(queries):
+        if excluded:
+            scores[r, [col[u] for u in excluded]] = float("-inf")
+        order = scores[r].argsort(descending=True)[:max(ks)].tolist()
+        for k in ks:
+            hits[k] += int(any(ids[j] in positives for j in order[:k]))
+        doc_hits += int(pool_doc[ids[order[0]]] in {pool_doc[u] for u in positives})
+    n = len(queries)
+    out = {f"open_recall_at_{k}": hits[k] / n for k in ks}
+    out["open_doc_recall_at_1"] = doc_hits / n
+    out["open_candidates"] = float(len(ids))
     return out
