@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         for task in tasks:
             part = retrieval_recall(model, collator, [e for e in val if e.task == task], p.train.batch_size)
             res[task] = {k: v for k, v in part.items() if k in KEYS}
-        out["checkpoints"][name] = {"path": path, **res, "seconds": round(time.perf_counter() - t0, 1)}
+        # recorded relative to the project, so the file names no machine's directories
+        out["checkpoints"][name] = {"path": os.path.relpath(Path(path).resolve(), ROOT), **res, "seconds": round(time.perf_counter() - t0, 1)}
         for part, r in res.items():
             print(f"{name:>12} {part:>15}: R@1 {r['recall_at_1']:.3f} R@5 {r['recall_at_5']:.3f} | open R@1 "
                   f"{r['open_recall_at_1']:.3f} R@5 {r['open_recall_at_5']:.3f} over {int(r['open_candidates'])} "
