@@ -168,7 +168,7 @@ class LossConfig(_Section):
     temperature: float = _f(0.05, "InfoNCE temperature", gt=0)
     in_batch: bool = _f(False, "InfoNCE: other queries' positives as extra negatives")
     positives_per_query: int = _f(2, "positives sampled per [RQ]", ge=1)
-    negatives_per_positive: int = _f(8, "negatives sampled per positive", ge=0)
+    negatives_per_positive: int = _f(8, "negatives sampled per positive (0 = every candidate in the batch)", ge=0)
     share_negatives: bool = _f(True, "units of the other examples in the batch are negatives too")
     own_negatives_first: bool = _f(False, "draw each positive's negatives from its own example's labelled negatives first (a question's distractor paragraphs, a mention's candidates), the batch's shared units only after them; false = uniform over both")
 

@@ -105,3 +105,30 @@ def test_shape_errors(q, pos, neg):
 def test_bad_temperature():
     with pytest.raises(ValueError, match="temperature"):
         info_nce_loss(torch.randn(1, 2), torch.randn(1, 2), torch.randn(1, 2), temperature=0.0)
+
+
+@pytest.mark.parametrize("kind", ["bpr", "info_nce"])
+def test_padded_negatives_count_for_nothing(kind):
+    """A row padded with invalid negatives gives the loss of the same row without them."""
+    g = torch.Generator().manual_seed(3)
+    q, pos = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    neg = torch.randn(2, 4, 6, generator=g)
+    valid = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    if kind == "bpr":
+        got = bpr_loss(q, pos, neg, neg_valid=valid)
+        terms = [reference_bpr(q[:1], pos[:1], neg[:1]) * 4, reference_bpr(q[1:], pos[1:], neg[1:, :2]) * 2]
+        want = sum(terms) / 6  # the mean over the 6 real (query, negative) pairs
+    else:
+        got = info_nce_loss(q, pos, neg, 0.1, neg_valid=valid)
+        want = (reference_info_nce(q[:1], pos[:1], neg[:1], 0.1, False)
+                + reference_info_nce(q[1:], pos[1:], neg[1:, :2], 0.1, False)) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    # what the padding holds does not matter
+    neg2 = neg.clone()
+    neg2[1, 2:] = torch.randn(2, 6, generator=g) * 100
+    again = bpr_loss(q, pos, neg2, neg_valid=valid) if kind == "bpr" else info_nce_loss(q, pos, neg2, 0.1, neg_valid=valid)
+    assert again.item() == pytest.approx(got.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="valid negative"):
+        bad = valid.clone()
+        bad[1] = False
+        bpr_loss(q, pos, neg, neg_valid=bad) if kind == "bpr" else info_nce_loss(q, pos, neg, 0.1, neg_valid=bad)

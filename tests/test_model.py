@@ -70,6 +70,27 @@ def test_retrieval_loss_reaches_special_token_embeddings(char_tokenizer, tiny_lm
         assert emb[char_tokenizer.convert_tokens_to_ids(tok)].abs().sum() > 0
 
 
+def test_all_negatives_equal_the_loss_over_every_candidate(char_tokenizer, tiny_lm):
+    """negatives_per_positive 0: each pair's softmax runs over all of its query's candidates; it equals
+    the loss computed by hand from the vectors, and k = the full count drawn without replacement too."""
+    batch = OneGenCollator(char_tokenizer, max_length=128)(examples())
+    cfg = LossConfig(kind="info_nce", lambda_g=0.0, negatives_per_positive=0, positives_per_query=1, share_negatives=True)
+    model = OneGenModel(tiny_lm, cfg).eval()
+    with torch.no_grad():
+        out = model(batch)
+        q = gather_positions(model.hidden_states(batch.input_ids, batch.attention_mask), batch.query_index)
+        d = gather_positions(model.hidden_states(batch.doc_input_ids, batch.doc_attention_mask), batch.doc_index)
+        q, d = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1)
+        losses = []
+        for i in range(batch.positive_mask.shape[0]):
+            p = batch.positive_mask[i].nonzero().flatten()
+            assert len(p) == 1  # each query of examples() has one positive unit
+            scores = torch.cat([q[i] @ d[p].T, q[i] @ d[batch.negative_mask[i]].T]) / cfg.temperature
+            losses.append(-torch.log_softmax(scores, dim=0)[0])
+        assert out.retrieval_loss.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+        assert out.stats["negatives_drawn"] == int(batch.negative_mask.sum())
+
+
 def test_counts_reach_the_output(char_tokenizer, tiny_lm):
     ex = examples()
     bad = TrainingExample("e3", "t", (Text("x", False), Retrieval("q"), Text("y", True)), (Query("q", ()),), ())

@@ -85,3 +85,19 @@ def test_uniform_draws_count_their_own_share_and_draw_as_before():
     assert torch.equal(a.negative_cols, b.negative_cols)  # counting does not change the draws
     assert "negatives_own" not in a.stats
     assert b.stats["negatives_own"] == b.stats["negatives_drawn"] == 2 * len(b.query_rows)
+
+
+def test_zero_negatives_per_positive_takes_every_candidate_and_pads():
+    pos, neg = masks()
+    p = sample_pairs(pos, neg, positives_per_query=2, negatives_per_positive=0)
+    assert p.query_rows.tolist() == [0, 0, 3]
+    # query 0 has 3 candidates (units 2, 3, 4), query 3 one (unit 0): padded to width 3
+    assert p.negative_cols.shape == (3, 3) and p.negative_valid.shape == (3, 3)
+    assert p.negative_valid.tolist() == [[True] * 3, [True] * 3, [True, False, False]]
+    assert sorted(p.negative_cols[0].tolist()) == [2, 3, 4]
+    for q, nc, ok in zip(p.query_rows, p.negative_cols, p.negative_valid):
+        assert neg[q, nc[ok]].all()
+        assert set(nc[ok].tolist()) == set(neg[q].nonzero().flatten().tolist())  # all of them, once each
+    assert p.stats["negatives_drawn"] == 3 + 3 + 1
+    with pytest.raises(ValueError, match="negatives_per_positive"):
+        sample_pairs(pos, neg, 1, -1)

@@ -30,33 +30,59 @@ def _check(q: torch.Tensor, pos: torch.Tensor) -> None:
         raise ValueError(f"q and pos must both be (n, d); got {tuple(q.shape)} and {tuple(pos.shape)}")
 
 
-def bpr_loss(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def _check_valid(neg_valid: torch.Tensor | None, neg_scores: torch.Tensor) -> None:
+    if neg_valid is None:
+        return
+    if neg_valid.shape != neg_scores.shape or neg_valid.dtype != torch.bool:
+        raise ValueError(f"neg_valid must be a bool {tuple(neg_scores.shape)} mask, got {neg_valid.dtype} {tuple(neg_valid.shape)}")
+    if not bool(neg_valid.any(dim=1).all()):
+        raise ValueError("every row needs at least one valid negative")
+
+
+def bpr_loss(
+    q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, neg_valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Bayesian personalised ranking: mean over every (query, negative) pair of −log σ(q̂·p̂ − q̂·n̂).
 
-    q (n, d), pos (n, d), neg (n, k, d) or (k, d). Returns a scalar.
+    q (n, d), pos (n, d), neg (n, k, d) or (k, d); neg_valid (n, k) bool leaves out padded negatives.
+    Returns a scalar.
     """
     _check(q, pos)
     q, pos, neg = _normalise(q), _normalise(pos), _normalise(neg)
     pos_scores = (q * pos).sum(-1, keepdim=True)  # (n, 1)
     neg_scores = _negative_scores(q, neg)  # (n, k)
-    return -F.logsigmoid(pos_scores - neg_scores).mean()
+    _check_valid(neg_valid, neg_scores)
+    per_pair = -F.logsigmoid(pos_scores - neg_scores)  # (n, k)
+    if neg_valid is None:
+        return per_pair.mean()
+    return (per_pair * neg_valid).sum() / neg_valid.sum()
 
 
 def info_nce_loss(
-    q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, temperature: float, in_batch: bool = False
+    q: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    temperature: float,
+    in_batch: bool = False,
+    neg_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE: mean cross-entropy of [q̂·p̂, q̂·n̂₁ … q̂·n̂ₖ] / temperature with the positive as target.
 
     in_batch=True appends the other rows' positives as further negatives (row i's logits gain
     q̂ᵢ·p̂ⱼ for j ≠ i). Callers must not repeat one query over several rows with different positives
-    when using it, or a row's sibling positive becomes a false negative.
+    when using it, or a row's sibling positive becomes a false negative. neg_valid (n, k) bool
+    leaves padded negatives out of the softmax.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     _check(q, pos)
     q, pos, neg = _normalise(q), _normalise(pos), _normalise(neg)
     pos_scores = (q * pos).sum(-1, keepdim=True)  # (n, 1)
-    logits = [pos_scores, _negative_scores(q, neg)]  # (n, 1), (n, k)
+    neg_scores = _negative_scores(q, neg)  # (n, k)
+    _check_valid(neg_valid, neg_scores)
+    if neg_valid is not None:
+        neg_scores = neg_scores.masked_fill(~neg_valid, float("-inf"))  # exp(-inf) = 0: out of the softmax
+    logits = [pos_scores, neg_scores]  # (n, 1), (n, k)
     if in_batch:
         n = q.shape[0]
         cross = q @ pos.T  # (n, n)

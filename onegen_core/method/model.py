@@ -163,14 +163,17 @@ class OneGenModel(torch.nn.Module):
             q = q_all[pairs.query_rows.to(device)]  # (n_pairs, dim)
             pos = d_all[pairs.positive_cols.to(device)]  # (n_pairs, dim)
             neg = d_all[pairs.negative_cols.to(device)]  # (n_pairs, k, dim)
+            valid = pairs.negative_valid.to(device) if pairs.negative_valid is not None else None  # (n_pairs, k)
             if cfg.kind == "bpr":
-                r_loss = bpr_loss(q, pos, neg)
+                r_loss = bpr_loss(q, pos, neg, neg_valid=valid)
             else:
-                r_loss = info_nce_loss(q, pos, neg, cfg.temperature, in_batch=cfg.in_batch)
+                r_loss = info_nce_loss(q, pos, neg, cfg.temperature, in_batch=cfg.in_batch, neg_valid=valid)
             with torch.no_grad():
                 qn, pn, nn_ = F.normalize(q, dim=-1), F.normalize(pos, dim=-1), F.normalize(neg, dim=-1)
                 pos_s = (qn * pn).sum(-1)  # (n_pairs,)
                 neg_s = torch.einsum("nd,nkd->nk", qn, nn_)  # (n_pairs, k)
+                if valid is not None:
+                    neg_s = neg_s.masked_fill(~valid, float("-inf"))
                 accuracy = float((pos_s > neg_s.max(dim=1).values).float().mean())
         else:
             r_loss = zero
