@@ -163,7 +163,7 @@ class OneGenModel(torch.nn.Module):
             q = q_all[pairs.query_rows.to(device)]  # (n_pairs, dim)
             pos = d_all[pairs.positive_cols.to(device)]  # (n_pairs, dim)
             neg = d_all[pairs.negative_cols.to(device)]  # (n_pairs, k, dim)
-            valid = pairs.negative_valid.to(device) if pairs.negative_valid is not None else None  # (n_pairs, k)
+            valid = pairs.negative_valid.to(device)  # (n_pairs, k): False = padding
             if cfg.kind == "bpr":
                 r_loss = bpr_loss(q, pos, neg, neg_valid=valid)
             else:
@@ -171,9 +171,7 @@ class OneGenModel(torch.nn.Module):
             with torch.no_grad():
                 qn, pn, nn_ = F.normalize(q, dim=-1), F.normalize(pos, dim=-1), F.normalize(neg, dim=-1)
                 pos_s = (qn * pn).sum(-1)  # (n_pairs,)
-                neg_s = torch.einsum("nd,nkd->nk", qn, nn_)  # (n_pairs, k)
-                if valid is not None:
-                    neg_s = neg_s.masked_fill(~valid, float("-inf"))
+                neg_s = torch.einsum("nd,nkd->nk", qn, nn_).masked_fill(~valid, float("-inf"))  # (n_pairs, k)
                 accuracy = float((pos_s > neg_s.max(dim=1).values).float().mean())
         else:
             r_loss = zero

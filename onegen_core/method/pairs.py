@@ -16,10 +16,10 @@ class PairIndex:
     query_rows: torch.Tensor  # (n,) long: index into the batch's queries
     positive_cols: torch.Tensor  # (n,) long: index into the batch's units
     negative_cols: torch.Tensor  # (n, k) long
-    stats: Counter
     # (n, k) bool: False marks padding (negatives_per_positive 0 gives each row all of its query's
     # negatives, so rows of queries with fewer candidates are padded up to the batch's largest count)
-    negative_valid: torch.Tensor | None = None
+    negative_valid: torch.Tensor
+    stats: Counter
 
 
 def sample_pairs(
@@ -95,6 +95,6 @@ def sample_pairs(
         query_rows=torch.tensor(q_rows, dtype=torch.long),
         positive_cols=torch.tensor(p_cols, dtype=torch.long),
         negative_cols=cols,
-        stats=stats,
         negative_valid=valid,
+        stats=stats,
     )
