@@ -23,7 +23,7 @@ from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.method.precision import resolve_inference_dtype
-from onegen_core.training.dataset import load_examples
+from onegen_core.training.dataset import validation_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("recall_at_1", "recall_at_5", "open_recall_at_1", "open_recall_at_5", "queries", "open_candidates")
@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--checkpoint {spec!r}: give NAME=PATH with an existing checkpoint directory")
         named.append((name, path))
     # the validation examples `train` validates on: same file, tasks and cap
-    val = load_examples(p.train_data.val_file, p.train_data.tasks)
-    if p.train_data.val_max_examples:
-        val = val[:p.train_data.val_max_examples]
+    val = validation_examples(p.train_data)
     tasks = sorted({e.task for e in val})
     out: dict = {"val_file": p.train_data.val_file, "examples": len(val), "checkpoints": {}}
     for name, path in named:

@@ -206,6 +206,14 @@ class TrainConfig(_Section):
         return min(total, self.max_steps) if self.max_steps else total
 
 
+def _check_task_counts(key: str, counts: dict[str, int]) -> None:
+    for task, n in counts.items():
+        if task not in TASKS:
+            raise ConfigError(f"{key}: unknown task {task!r} (known: {', '.join(TASKS)})")
+        if n < 0:
+            raise ConfigError(f"{key}.{task} must be >= 0 (got {n!r})")
+
+
 @dataclass
 class TrainDataConfig(_Section):
     """Data and validation of the distributed `train` stage."""
@@ -217,6 +225,7 @@ class TrainDataConfig(_Section):
     max_examples_by_task: dict[str, int] = _f({}, "per-task caps that replace max_examples_per_task for the tasks they name, e.g. {multihop: 0, entity_linking: 120} (0 = all of that task)")
     eval_every: int = _f(25, "validate every N optimizer steps (and after the last)", ge=1)
     val_max_examples: int = _f(64, "validate on at most this many examples (0 = all)", ge=0)
+    val_max_examples_by_task: dict[str, int] = _f({}, "per-task caps on the validation examples, a fixed hash-chosen subset (0 = all of that task); applied before val_max_examples")
     init_dir: str = _f("models/init", "the initial backbone (tiny: trained tokenizer + seeded weights), built once so every worker and every resume start from it")
     metrics_path: str = _f("metrics/train.json", "figures of the run (DVC metrics)")
 
@@ -230,6 +239,7 @@ class TrainDataConfig(_Section):
                 raise ConfigError(f"train_data.max_examples_by_task: unknown task {task!r} (known: {', '.join(TASKS)})")
             if cap < 0:
                 raise ConfigError(f"train_data.max_examples_by_task.{task} must be >= 0 (got {cap!r})")
+        _check_task_counts("train_data.val_max_examples_by_task", self.val_max_examples_by_task)
 
     def caps(self) -> dict[str, int]:
         """The cap of each trained task (0 = all of it): `max_examples_by_task` where it names the task,
@@ -324,11 +334,13 @@ class LabelConfig(_Section):
     selfrag_negative_window: list[float] = _f([0.9975, 1.0], "Self-RAG hard negatives of a passage: the passages of those files that MiniLM ranks in this window, as fractions of the ranked corpus (App. F: ranks 5985-6000 of ~6000)", ge=0, le=1)
     selfrag_max_negatives: int = _f(16, "Self-RAG: at most this many hard negatives per passage", ge=0)
     val_fraction: float = _f(0.1, "training examples held apart to validate during training", ge=0, lt=1)
+    val_count_by_task: dict[str, int] = _f({}, "validation examples of each task named (the other tasks hold apart val_fraction of their own examples); {} = val_fraction of all examples together")
     seed: int = _f(0, "seed of negative sampling and the validation split", ge=0)
     out_dir: str = _f("data/label", "training JSONL (the documented format) and report")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_task_counts("label.val_count_by_task", self.val_count_by_task)
         w = self.selfrag_negative_window
         if len(w) != 2 or not w[0] < w[1]:
             raise ConfigError(f"label.selfrag_negative_window must be [lo, hi] with 0 <= lo < hi <= 1 (got {w!r})")
@@ -370,7 +382,8 @@ class EvaluateConfig(_Section):
     el_max_retrievals: int = _f(64, "entity linking: [RQ] cap per window", ge=1)
     baselines: list[str] = _f(["minilm", "bm25"], "retrievers run with the same generator: minilm (pipeline), bm25")
     sft_checkpoint: str = _f("", "an SFT-only (lambda_r = 0) checkpoint evaluated as generator with MiniLM retrieval; '' = none")
-    batch_size: int = _f(8, "rows generated together", ge=1)
+    batch_size: int = _f(8, "multi-hop: rows generated together", ge=1)
+    el_batch_size: int = _f(8, "entity linking: windows generated together (they copy their text, so rows of one batch, sorted by length, run about as long)", ge=1)
     out_dir: str = _f("reports/evaluate", "report.md, plots and per-example predictions (JSONL, ELEVANT JSONL)")
     metrics_path: str = _f("metrics/evaluate.json", "DVC metrics")
     log_mlflow: bool = _f(True, "log metrics and the report to the MLflow run that trained the checkpoint")

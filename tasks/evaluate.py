@@ -224,7 +224,7 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
     if linked is None:
         bar = _bar(len(windows), "entity linking (MD+EL)")
         stats = EngineStats()
-        preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.batch_size, ck,
+        preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.el_batch_size, ck,
                                      on_batch=bar.update, stats=stats)
         bar.close()
         linked = cache.put("el.link", {"predictions": _mentions_to_json(preds), "finish": dict(finish),
@@ -394,7 +394,7 @@ def run(p: Params) -> dict:
     units = LanceIndex(cfg.index_uri, cfg.units_table)
     check_checkpoint(units, ck)
     key = {"checkpoint_id": ck, "dtype": dtype, "query_style": p.reconstruct.query_style,
-           **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size")}}
+           **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size", "el_batch_size")}}
     cache = ResultCache(Path("runs") / "evaluate", key)
     log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "checkpoint_id": ck}

@@ -14,6 +14,7 @@ and passes in what differs under DeepSpeed:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -68,7 +69,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
     from onegen_core.method.precision import autocast_dtype
-    from onegen_core.training.dataset import load_examples
+    from onegen_core.training.dataset import load_examples, validation_examples
     from onegen_core.training.loop import (
         StepMetrics,
         StepOps,
@@ -87,9 +88,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     t_cfg = p.train
 
     train_ex = load_examples(config["train_file"], p.train_data.tasks, p.train_data.caps())
-    val_ex = load_examples(config["val_file"], p.train_data.tasks)
-    if p.train_data.val_max_examples:
-        val_ex = val_ex[:p.train_data.val_max_examples]
+    val_ex = validation_examples(dataclasses.replace(p.train_data, val_file=config["val_file"]))
     total, warmup = step_budget(len(train_ex), t_cfg, world)
 
     torch.manual_seed(t_cfg.seed)

@@ -138,3 +138,49 @@ def test_kb_titles_never_come_from_held_out_mention_texts():
     assert d["title_sources"] == {"entity_id": 1, "kb_name": 1, "training_mention": 1}
     assert (d["held_out_gold_entities"], d["held_out_gold_in_kb"], d["held_out_gold_with_kb_name"],
             d["held_out_gold_with_passage"]) == (3, 3, 1, 1)
+
+
+def test_validation_split_per_task_counts_and_the_old_split_without_them():
+    import random
+
+    from tasks.label import validation_indices
+
+    tasks = ["multihop"] * 200 + ["entity_linking"] * 945
+    # no per-task count: exactly the split the label stage always made (10 % of everything)
+    order = list(range(len(tasks)))
+    random.Random(0).shuffle(order)
+    assert validation_indices(tasks, 0.1, {}, 0) == set(order[:114])
+    # a count for multi-hop, val_fraction for the other task, each in the same shuffled order
+    val = validation_indices(tasks, 0.1, {"multihop": 40}, 0)
+    by_task = Counter(tasks[i] for i in val)
+    assert by_task == {"multihop": 40, "entity_linking": 94}
+    assert [i for i in order if tasks[i] == "multihop"][:40] == sorted((i for i in val if tasks[i] == "multihop"),
+                                                                        key=order.index)
+    assert validation_indices(tasks, 0.1, {"multihop": 40}, 1) != val  # the seed moves it
+    assert validation_indices(tasks, 0.0, {"multihop": 0}, 0) == set()
+    with pytest.raises(ValueError, match=r"label\.val_count_by_task\.multihop is 200 .* 200 multihop examples"):
+        validation_indices(tasks, 0.1, {"multihop": 200}, 0)
+
+
+def test_validation_examples_are_capped_per_task_then_overall(tmp_path):
+    from onegen_core.config import TrainDataConfig
+    from onegen_core.method.segments import Document, Query, Retrieval, Text, TrainingExample
+    from onegen_core.training.dataset import validation_examples
+
+    rows = []
+    for task, n in (("multihop", 5), ("entity_linking", 7)):
+        for i in range(n):
+            ex = TrainingExample(f"{task}-{i}", task, (Text("q", False), Retrieval("rq0"), Text("a", True)),
+                                 (Query("rq0", (f"{task}-{i}-d",)),), (Document(f"{task}-{i}-d", ("d",)),))
+            rows.append(json.dumps(ex.to_dict()))
+    f = tmp_path / "val.jsonl"
+    f.write_text("\n".join(rows) + "\n")
+    cfg = TrainDataConfig(val_file=str(f), tasks=["multihop", "entity_linking"], val_max_examples=0,
+                          val_max_examples_by_task={"entity_linking": 3})
+    got = validation_examples(cfg)
+    assert Counter(e.task for e in got) == {"multihop": 5, "entity_linking": 3}
+    again = validation_examples(cfg)
+    assert [e.id for e in again] == [e.id for e in got]  # a fixed subset
+    cfg2 = TrainDataConfig(val_file=str(f), tasks=["multihop", "entity_linking"], val_max_examples=6,
+                           val_max_examples_by_task={"entity_linking": 3})
+    assert [e.id for e in validation_examples(cfg2)] == [e.id for e in got][:6]

@@ -88,6 +88,48 @@ def test_cache_continuation_after_injection_equals_recomputation(setup):
     assert checked == sum(len(c) for c in seen) and any("</paragraph>" in tok.decode(r.token_ids) for r in res)
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_compute_as_alone(setup):
+    """A row that finishes is dropped from the cache, with the columns no remaining row uses (its
+    longer prompt, another row's pasted passage): later passes are narrower and shorter, and every
+    logit a remaining row samples from still equals a no-cache recomputation of its sequence."""
+    tok, lm, index = setup
+    calls: list[tuple[int, torch.Tensor]] = []
+
+    def pre(module, args, kwargs):
+        calls.append((kwargs["input_ids"].shape[0], kwargs["attention_mask"].clone()))
+
+    handle = lm.get_decoder().register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        choose, seen = scripted(tok, [["x"], list("ab") + [RQ] + list("c"), list("abcdefgh") + [RQ] + list("ijklmnop")])
+        stats = EngineStats()
+        res = generate(lm, tok, ["a much longer prompt than the other two", "hi", "yo"], index,
+                       RetrievalPolicy(mode="rag"), "ckpt-A", choose=choose, stats=stats)
+    finally:
+        handle.remove()
+    assert [r.finish_reason for r in res] == ["eos"] * 3
+    assert tok.decode(res[2].token_ids).startswith("abcdefgh[RQ]<paragraph>")
+    batch_sizes = [n for n, _ in calls]
+    assert batch_sizes[0] == 3 and batch_sizes[-1] == 1
+    assert batch_sizes == sorted(batch_sizes, reverse=True)  # a finished row never comes back
+    # alone at the end, the last row's cache holds its own tokens only: no padding column is left
+    last_mask = calls[-1][1]
+    assert bool(last_mask.all()) and last_mask.shape[1] == len(seen[2][-1][0])
+    assert stats.slots_processed < sum(m.shape[0] * m.shape[1] for _, m in calls)  # chunks, not caches
+    assert stats.slots_processed >= stats.tokens_processed
+    for row, row_calls in enumerate(seen):
+        for seq, logits in row_calls:
+            _, ref = no_cache_hidden(lm, seq)
+            assert torch.allclose(logits, ref[-1], atol=1e-4), f"row {row} after {len(seq)} tokens"
+    # the engine without compaction: the same tokens and retrievals, more slots computed
+    choose2, _ = scripted(tok, [["x"], list("ab") + [RQ] + list("c"), list("abcdefgh") + [RQ] + list("ijklmnop")])
+    stats2 = EngineStats()
+    res2 = generate(lm, tok, ["a much longer prompt than the other two", "hi", "yo"], index,
+                    RetrievalPolicy(mode="rag"), "ckpt-A", choose=choose2, stats=stats2, compact=False)
+    assert [r.token_ids for r in res2] == [r.token_ids for r in res]
+    assert [[e.ids for e in r.retrievals] for r in res2] == [[e.ids for e in r.retrievals] for r in res]
+    assert stats2.tokens_processed == stats.tokens_processed and stats2.slots_processed > stats.slots_processed
+
+
 def test_no_extra_forward_pass_per_retrieval(setup):
     tok, lm, index = setup
     calls = {"n": 0}

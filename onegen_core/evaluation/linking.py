@@ -93,10 +93,11 @@ def link_windows(
     checkpoint_id: str | None = None,
     on_batch: Callable[[int], None] | None = None,
     stats: EngineStats | None = None,
+    compact: bool = True,
 ) -> tuple[dict[str, list[PredictedMention]], Counter]:
     """Constrained G→R generation over every window. Returns predictions per article and a count of
     windows by finish reason (a window that hits the length or retrieval cap keeps the mentions it
-    completed; its remaining gold mentions stay in the denominator)."""
+    completed; its remaining gold mentions stay in the denominator). compact: `generate`'s."""
     tok = SegmentTokenizer(tokenizer)
     vocab_bytes = token_bytes(tokenizer)
     by_article: dict[str, list[PredictedMention]] = {}
@@ -110,7 +111,7 @@ def link_windows(
                                  max_new_tokens=2 * text_tokens + 4 * max_retrievals + 8)
         chooser = CopyConstraint(tokenizer, [w.text for w in batch], [len(p) for p in prompts], vocab_bytes)
         results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
-                           choose=chooser, stats=stats)
+                           choose=chooser, stats=stats, compact=compact)
         for b, (w, res) in enumerate(zip(batch, results)):
             chooser._advance(b, res.prompt_ids + res.token_ids)
             finish[res.finish_reason] += 1

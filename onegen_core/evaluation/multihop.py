@@ -179,11 +179,13 @@ def evaluate_multihop(
     query_encoder: QueryEncoder | None = None,
     on_batch: Callable[[int], None] | None = None,
     stats: EngineStats | None = None,
+    compact: bool = True,
 ) -> tuple[list[dict], dict]:
     """Generate with retrieval for every record; returns (prediction rows, aggregate metrics).
 
     setting: "distractor" restricts each question's retrievals to its own paragraphs; "open" searches
-    the whole index. unit_doc maps a retrieved unit id to its document id (the index's doc_id)."""
+    the whole index. unit_doc maps a retrieved unit id to its document id (the index's doc_id).
+    compact: `generate`'s (False only to measure the engine without it)."""
     if setting not in ("distractor", "open"):
         raise ValueError(f"setting must be 'distractor' or 'open', got {setting!r}")
     if policy.mode != "rag":
@@ -195,7 +197,7 @@ def evaluate_multihop(
         prompts = [tok.prompt(question_prompt(r.question)) for r in batch]
         allowed = [gold_of(r).candidates for r in batch] if setting == "distractor" else None
         results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
-                           allowed=allowed, query_encoder=query_encoder, stats=stats)
+                           allowed=allowed, query_encoder=query_encoder, stats=stats, compact=compact)
         rows += [score_example(r, res, unit_doc) for r, res in zip(batch, results)]
         if on_batch:
             on_batch(len(batch))

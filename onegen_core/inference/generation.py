@@ -10,7 +10,9 @@ not depend on the search).
 Rows of a batch retrieve at different steps: each forward pass feeds every active row its pending
 tokens (one sampled token, `[RQ]`(+`<CON>`), or an injected passage), left-padded within the chunk.
 Padding holes stay in the cache but are masked out, and position ids count real tokens only, so every
-row computes exactly what it would compute alone (tests compare with a no-cache forward pass).
+row computes exactly what it would compute alone (tests compare with a no-cache forward pass). A row that
+finishes leaves the batch: its cache rows are dropped, and the cache columns that no remaining row uses
+(the finished rows' longer prompts or passages) go with them, so the rest of the batch stops paying for it.
 
 Baselines reuse this loop: `query_encoder` replaces the [RQ] hidden state by a separately computed
 vector (GRIT-style re-encoding or a pipeline retriever), and `index=None` with a `paste_without_search`
@@ -105,6 +107,9 @@ class EngineStats:
     query_encoder_passes: int = 0  # extra passes spent re-encoding queries (0 for OneGen)
     tokens_processed: int = 0  # real (non-padding) tokens fed to the generating model
     query_encoder_tokens: int = 0  # tokens fed to re-encode queries
+    # (rows, width) slots of the chunks fed, padding included: slots / tokens_processed is the work
+    # spent on padding (a row pasting a passage makes the others pad to its length for that pass)
+    slots_processed: int = 0
     searches: int = 0  # query vectors searched
     seconds: float = 0.0
     search_seconds: float = 0.0
@@ -157,6 +162,7 @@ def generate(
     paste_without_search: Callable[[int, int], Hit | None] | None = None,
     stats: EngineStats | None = None,
     hooks: StreamHooks | None = None,
+    compact: bool = True,
 ) -> list[GenerationResult]:
     """Generate for a batch of prompts, retrieving whenever a row emits `[RQ]`.
 
@@ -167,6 +173,8 @@ def generate(
     by the caller into `stats.query_encoder_passes`). paste_without_search(row, n) → the hit pasted for
     the n-th retrieval of `row` without any search (lower bound). hooks: streaming callbacks and a
     per-row stop (serving); a row stopped by `hooks.should_stop` finishes with the reason it returned.
+    compact=False keeps finished rows in the batch as padding (the engine before 2026-12-04; the results
+    are the same, `bench/generation_compaction.py` measures the cost).
     """
     policy = policy or RetrievalPolicy()
     if index is not None and checkpoint_id is not None:
@@ -192,12 +200,15 @@ def generate(
         mask[b, width - r.n_prompt:] = 1
     cache = None
     hidden, cache = _forward(decoder, chunk.to(device), mask.to(device), cache, stats)
-    next_logits = head(hidden[:, -1])  # (rows, vocab)
-    attn = mask.to(device)  # (rows, cache length): 1 where the cache holds a real token
+    next_logits = head(hidden[:, -1])  # (live, vocab)
+    attn = mask.to(device)  # (live, cache length): 1 where the cache holds a real token
+    # live[i] = the row held in position i of the cache, attn and next_logits (finished rows leave)
+    live = list(range(len(rows)))
 
     while True:
         # 1. every active row without pending tokens samples one
-        for b, r in enumerate(rows):
+        for i, b in enumerate(live):
+            r = rows[b]
             if r.finish or r.pending:
                 continue
             if r.sampled >= policy.max_new_tokens:
@@ -208,7 +219,7 @@ def generate(
                 if reason:
                     r.finish = reason
                     continue
-            t = choose(b, next_logits[b], r.seq) if choose else _choose(next_logits[b], policy, gen)
+            t = choose(b, next_logits[i], r.seq) if choose else _choose(next_logits[i], policy, gen)
             if isinstance(t, (list, tuple)):
                 if not t:
                     raise ValueError(f"row {b}: the chooser returned an empty chunk")
@@ -226,26 +237,27 @@ def generate(
                 r.pending = [t]
             if r.pending and hooks is not None and hooks.on_token is not None:
                 hooks.on_token(b, t)
-        fed = [b for b, r in enumerate(rows) if r.pending and not r.finish]
-        if not fed:
+        # every row still unfinished has pending tokens now: the others leave the batch
+        keep = [i for i, b in enumerate(live) if not rows[b].finish]
+        if not keep:
             break
+        if compact and len(keep) < len(live):
+            cache, attn = _drop_rows(cache, attn, keep)
+            live = [live[i] for i in keep]
 
-        # 2. one forward pass feeds every active row its pending tokens (left-padded within the chunk)
-        width = max(len(rows[b].pending) for b in fed)
-        chunk = torch.full((len(rows), width), ids.pad, dtype=torch.long)
-        cmask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b in fed:
-            p = rows[b].pending
-            chunk[b, width - len(p):] = torch.tensor(p)
-            cmask[b, width - len(p):] = 1
+        # 2. one forward pass feeds every live row its pending tokens (left-padded within the chunk)
+        chunk, cmask = _chunk([rows[b].pending for b in live], ids.pad)
+        width = chunk.shape[1]
         attn = torch.cat([attn, cmask.to(device)], dim=1)
-        hidden, cache = _forward(decoder, chunk.to(device), attn, cache, stats)  # (rows, width, dim)
+        hidden, cache = _forward(decoder, chunk.to(device), attn, cache, stats)  # (live, width, dim)
         next_logits = head(hidden[:, -1])
 
         # 3. rows that fed [RQ]: its hidden state (already computed) is the query; search once for all
         queries: list[tuple[int, np.ndarray]] = []
-        for b in fed:
+        for i, b in enumerate(live):
             r = rows[b]
+            if r.finish:  # compact=False: a finished row rides along as padding
+                continue
             was_query = r.pending[0] == ids.rq and not r.injecting
             rq_pos = len(r.seq)
             col = width - len(r.pending)
@@ -255,7 +267,7 @@ def generate(
                 if query_encoder is not None:
                     vec = np.asarray(query_encoder(b, r.seq), dtype=np.float32)
                 else:
-                    vec = F.normalize(hidden[b, col].float(), dim=-1).cpu().numpy()
+                    vec = F.normalize(hidden[i, col].float(), dim=-1).cpu().numpy()
                 vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
                 queries.append((b, vec))
                 r.retrievals.append(RetrievalEvent(rq_pos, len(r.vectors), [], []))
@@ -307,7 +319,43 @@ def _forward(decoder, chunk: torch.Tensor, attn: torch.Tensor, cache, stats: Eng
     out = decoder(input_ids=chunk, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
     stats.forward_passes += 1
     stats.tokens_processed += int(attn[:, -width:].sum())
+    stats.slots_processed += chunk.numel()
     return out.last_hidden_state, out.past_key_values
+
+
+def _chunk(pending: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows' pending tokens left-padded to one chunk: ids and mask, (rows, width)."""
+    width = max(1, max(len(p) for p in pending))
+    chunk = torch.full((len(pending), width), pad, dtype=torch.long)
+    cmask = torch.zeros((len(pending), width), dtype=torch.long)
+    for i, p in enumerate(pending):
+        if p:
+            chunk[i, width - len(p):] = torch.tensor(p)
+            cmask[i, width - len(p):] = 1
+    return chunk, cmask
+
+
+def _plain_dynamic(cache) -> bool:
+    # only plain dynamic layers are cut and merged by hand (sliding-window or quantized layers keep extra state)
+    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+
+
+def _drop_rows(cache, attn: torch.Tensor, keep: list[int]):
+    """Keep only batch positions `keep` of the KV cache and of `attn` (live, cache length), and drop the
+    cache columns none of them uses. A column every kept row masks out contributes nothing to any
+    attention and no position id (those count real tokens), so removing it changes no row's result."""
+    sel = torch.tensor(keep, dtype=torch.long, device=attn.device)
+    attn = attn[sel]
+    cache.batch_select_indices(sel)
+    used = attn.any(dim=0)  # (cache length,)
+    if bool(used.all()) or not _plain_dynamic(cache):
+        return cache, attn
+    cols = used.nonzero().flatten()
+    for layer in cache.layers:
+        # DynamicLayer keys/values: (batch, kv heads, cache length, head dim)
+        layer.keys = layer.keys[:, :, cols]
+        layer.values = layer.values[:, :, cols]
+    return cache, attn[:, cols]
 
 
 def _search(index, queries, policy, allowed, paste_without_search, rows, stats) -> list[list[Hit]]:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from onegen_core.config import TASKS
+from onegen_core.config import TASKS, TrainDataConfig
 from onegen_core.data import DataError, load_passages
 from onegen_core.method.segments import ExampleError, TrainingExample
 
@@ -67,6 +67,14 @@ def load_examples(path: str | Path, tasks: list[str],
             keep.update(ids[:caps[task]] if caps.get(task, 0) > 0 else ids)
         out = [e for e in out if e.id in keep]
     return out
+
+
+def validation_examples(cfg: TrainDataConfig) -> list[TrainingExample]:
+    """The examples `train` validates on (and `bench.val_retrieval` compares checkpoints on): the tasks of
+    `cfg` (a `TrainDataConfig`) in its val_file, capped per task (`val_max_examples_by_task`), then to
+    `val_max_examples` in file order."""
+    val = load_examples(cfg.val_file, cfg.tasks, cfg.val_max_examples_by_task)
+    return val[:cfg.val_max_examples] if cfg.val_max_examples else val
 
 
 def tokenizer_texts(examples: list[TrainingExample], extra_files: list[str]) -> Iterator[str]:
