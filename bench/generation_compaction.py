@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             differing = sum(outs[True].get(k) != outs[False].get(k) for k in set(outs[True]) | set(outs[False]))
             units_compared = len(set(outs[True]) | set(outs[False]))
         part = {
-            "items": args.questions if name == "multihop" else len(windows),
+            "items": len(records) if name == "multihop" else len(windows),
             "seconds_with": sorted(round(x, 2) for x in secs[True]),
             "seconds_without": sorted(round(x, 2) for x in secs[False]),
             "ratio_without_over_with_median": round(statistics.median(ratios), 3),

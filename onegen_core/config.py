@@ -333,8 +333,8 @@ class LabelConfig(_Section):
     selfrag: list[str] = _f([], "Self-RAG training files (selfrag_train_data format: instruction, input, output with reflection tokens); the label stage emits their records as task 'selfrag'")
     selfrag_negative_window: list[float] = _f([0.9975, 1.0], "Self-RAG hard negatives of a passage: the passages of those files that MiniLM ranks in this window, as fractions of the ranked corpus (App. F: ranks 5985-6000 of ~6000)", ge=0, le=1)
     selfrag_max_negatives: int = _f(16, "Self-RAG: at most this many hard negatives per passage", ge=0)
-    val_fraction: float = _f(0.1, "training examples held apart to validate during training", ge=0, lt=1)
-    val_count_by_task: dict[str, int] = _f({}, "validation examples of each task named (the other tasks hold apart val_fraction of their own examples); {} = val_fraction of all examples together")
+    val_fraction: float = _f(0.1, "training examples held apart to validate during training (of each task not named in val_count_by_task, when that is set)", ge=0, lt=1)
+    val_count_by_task: dict[str, int] = _f({}, "validation examples of each task named, at most half of the task (the other tasks hold apart val_fraction of their own examples); {} = val_fraction of all examples together")
     seed: int = _f(0, "seed of negative sampling and the validation split", ge=0)
     out_dir: str = _f("data/label", "training JSONL (the documented format) and report")
 

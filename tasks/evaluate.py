@@ -394,7 +394,7 @@ def run(p: Params) -> dict:
     units = LanceIndex(cfg.index_uri, cfg.units_table)
     check_checkpoint(units, ck)
     key = {"checkpoint_id": ck, "dtype": dtype, "query_style": p.reconstruct.query_style,
-           **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow", "batch_size", "el_batch_size")}}
+           **{k: v for k, v in flatten(cfg).items() if k not in ("out_dir", "metrics_path", "log_mlflow")}}
     cache = ResultCache(Path("runs") / "evaluate", key)
     log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "checkpoint_id": ck}

@@ -114,7 +114,6 @@ def test_finished_rows_leave_the_batch_and_the_rest_compute_as_alone(setup):
     # alone at the end, the last row's cache holds its own tokens only: no padding column is left
     last_mask = calls[-1][1]
     assert bool(last_mask.all()) and last_mask.shape[1] == len(seen[2][-1][0])
-    assert stats.slots_processed < sum(m.shape[0] * m.shape[1] for _, m in calls)  # chunks, not caches
     assert stats.slots_processed >= stats.tokens_processed
     for row, row_calls in enumerate(seen):
         for seq, logits in row_calls:

@@ -174,7 +174,8 @@ def generate(
     the n-th retrieval of `row` without any search (lower bound). hooks: streaming callbacks and a
     per-row stop (serving); a row stopped by `hooks.should_stop` finishes with the reason it returned.
     compact=False keeps finished rows in the batch as padding (the engine before 2026-12-04; the results
-    are the same, `bench/generation_compaction.py` measures the cost).
+    are the same in exact arithmetic, while in bfloat16 the other batch shape can flip a near-tie of the
+    greedy choice; `bench/generation_compaction.py` measures both).
     """
     policy = policy or RetrievalPolicy()
     if index is not None and checkpoint_id is not None:
@@ -337,7 +338,7 @@ def _chunk(pending: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 def _plain_dynamic(cache) -> bool:
     # only plain dynamic layers are cut and merged by hand (sliding-window or quantized layers keep extra state)
-    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+    return all(type(layer).__name__ == "DynamicLayer" and layer.is_initialized for layer in cache.layers)
 
 
 def _drop_rows(cache, attn: torch.Tensor, keep: list[int]):
@@ -353,8 +354,9 @@ def _drop_rows(cache, attn: torch.Tensor, keep: list[int]):
     cols = used.nonzero().flatten()
     for layer in cache.layers:
         # DynamicLayer keys/values: (batch, kv heads, cache length, head dim)
-        layer.keys = layer.keys[:, :, cols]
-        layer.values = layer.values[:, :, cols]
+        c = cols.to(layer.keys.device)
+        layer.keys = layer.keys[:, :, c]
+        layer.values = layer.values[:, :, c]
     return cache, attn[:, cols]
 
 
