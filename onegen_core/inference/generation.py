@@ -193,12 +193,7 @@ def generate(
         raise ValueError("empty prompt")
 
     # Prefill: left-padded prompts, one pass.
-    width = max(r.n_prompt for r in rows)
-    chunk = torch.full((len(rows), width), ids.pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        chunk[b, width - r.n_prompt:] = torch.tensor(r.seq)
-        mask[b, width - r.n_prompt:] = 1
+    chunk, mask = _chunk([r.seq for r in rows], ids.pad)
     cache = None
     hidden, cache = _forward(decoder, chunk.to(device), mask.to(device), cache, stats)
     next_logits = head(hidden[:, -1])  # (live, vocab)
