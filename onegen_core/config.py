@@ -158,6 +158,7 @@ class ReconstructConfig(_Section):
     use_loc: bool = _f(False, "wrap an explicit sub-question in <LOC>…</LOC>")
     granularity: Literal["sentence", "document"] = _f("sentence", "one [RD] per sentence or per paragraph")
     max_negative_paragraphs: int = _f(8, "multi-hop: distractor paragraphs kept per question (their units are negatives)", ge=0)
+    pasted_negatives: bool = _f(True, "multi-hop: the paragraphs pasted before an [RQ] (earlier hops' gold) are negatives of it; false = neither positive nor negative, since inference never retrieves a pasted passage again")
 
 
 @dataclass

@@ -87,10 +87,11 @@ def ensure_experiment(client, name: str, loc: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=loc,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            client.create_experiment(name, artifact_location=loc, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by another stage
-            exp = client.get_experiment_by_name(name)
+            pass
+        # read back either way: the shared view tag below is set on a new experiment too
+        exp = client.get_experiment_by_name(name)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     view = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False,

@@ -83,6 +83,17 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, char_tokenizer, tiny_l
         assert {"id", "text", "labels", "entity_mentions"} <= set(art)
         for m in art["entity_mentions"]:
             assert 0 <= m["span"][0] < m["span"][1] <= len(art["text"]) and m["recognized_by"] == "onegen"
+    # the gold-mention ED predictions are exported too, and each export has the .metadata.json that
+    # ELEVANT's own linking script writes beside it
+    ed = (tmp_path / "report" / "elevant" / "onegen-ed.spotlight.linked_articles.jsonl").read_text().splitlines()
+    assert len(ed) == 2
+    gold_spans = {tuple(lb["span"]) for line in ed for lb in json.loads(line)["labels"]}
+    ed_spans = {tuple(m["span"]) for line in ed for m in json.loads(line).get("entity_mentions", [])}
+    assert ed_spans and ed_spans <= gold_spans  # ED links the gold mentions only
+    for experiment in ("onegen", "onegen-ed"):
+        meta = json.loads((tmp_path / "report" / "elevant" / f"{experiment}.spotlight.metadata.json").read_text())
+        assert meta["experiment_name"] == experiment and meta["linker_name"] == "onegen"
+        assert {"experiment_description", "timestamp", "linking_time"} <= set(meta)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| hotpotqa | distractor | onegen | 3 |" in report and (tmp_path / "report" / "multihop.png").is_file()
 

@@ -455,3 +455,19 @@ def test_prefect_yaml_deploys_to_a_process_work_pool(served):
         assert dep["work_pool_name"] == "onegen-process" and dep["parameters"]["project_dir"] == ""
         assert Path(dep["path"] or proj).resolve() == proj.resolve() or any(
             str(proj) in json.dumps(step) for step in dep.get("pull_steps") or []), dep
+
+
+def test_a_new_experiment_opens_in_the_training_view_with_the_compared_columns(tmp_path):
+    """MLflow 3 opens an untagged experiment in its GenAI view; ours carries the experiment-kind tag and
+    the shared view state with the λr sweep's columns from the moment it is created, and a second call
+    (another stage) changes nothing."""
+    from tasks import tracking
+
+    client = tracking.client_for(f"sqlite:///{tmp_path / 'm.db'}")
+    exp_id = tracking.ensure_experiment(client, "fresh", (tmp_path / "art").as_uri())
+    tags = client.get_experiment(exp_id).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    view = json.loads(tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])
+    assert "metrics.`eval/hotpotqa/distractor/onegen/recall_at_1_subquery`" in view["selectedColumns"]
+    assert tracking.ensure_experiment(client, "fresh", None) == exp_id
+    assert client.get_experiment(exp_id).tags == tags

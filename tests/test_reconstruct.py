@@ -124,3 +124,17 @@ def test_entity_linking_layout():
 def test_entity_linking_errors(mentions, message):
     with pytest.raises(ValueError, match=message):
         reconstruct_entity_linking("s", "Paris is nice", mentions, {"Q90": ("Paris", "city")})
+
+
+def test_pasted_paragraphs_are_not_negatives_when_off():
+    """pasted_negatives false: the paragraph pasted before hop 1's [RQ] (hop 0's gold) is neither its
+    positive nor its negative; the distractor stays a negative, hop 0 is unchanged."""
+    hops = hops_from_supporting_facts(record())
+    on = reconstruct_multihop(record(), hops, ReconstructConfig(granularity="sentence"))
+    off = reconstruct_multihop(record(), hops, ReconstructConfig(granularity="sentence", pasted_negatives=False))
+    docs = {d.title: d.id for d in off.documents}
+    film, noise = docs["Film"], docs["Noise"]
+    assert off.queries[0] == on.queries[0]
+    assert off.queries[1].positives == on.queries[1].positives
+    assert set(off.queries[1].negatives) == {f"{noise}#0", f"{noise}#1"}
+    assert {f"{film}#0", f"{film}#1"} <= set(on.queries[1].negatives)

@@ -9,13 +9,16 @@ belongs to the inference engine's evaluation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel, gather_positions
-from onegen_core.method.segments import TrainingExample
+from onegen_core.method.prompts import QUESTION_PREFIX
+from onegen_core.method.segments import Retrieval, Text, TrainingExample
 
 
 @torch.no_grad()
@@ -111,3 +114,111 @@ def _open_recall(pool_vec: dict[str, torch.Tensor], pool_doc: dict[str, str],
     out["open_doc_recall_at_1"] = doc_hits / n
     out["open_candidates"] = float(len(ids))
     return out
+
+
+# --------------------------------------------------------------------------- multi-hop, held-out format
+
+@dataclass(frozen=True)
+class HopQuery:
+    """One multi-hop [RQ], teacher-forced (the gold history precedes it), scored as `evaluate` scores a
+    retrieval: a hit when the top-1 unit lies in a gold paragraph not pasted before (any remaining hop's:
+    in comparison questions the hop order is arbitrary)."""
+
+    example_id: str
+    hop: int  # 0 = the first [RQ] of the example
+    text: str  # what a separate retriever is given here (`pipeline_query_text`: the same information)
+    own_docs: frozenset[str]  # the question's paragraphs (the distractor setting's candidates)
+    pasted: frozenset[str]  # paragraphs pasted before this [RQ]: never retrieved again
+    gold: frozenset[str]  # gold paragraphs not pasted yet
+
+
+def with_context(example: TrainingExample, documents: Sequence) -> TrainingExample:
+    """The example with every paragraph of its question as a document (the held-out distractor setting
+    ranks all of them; training keeps `reconstruct.max_negative_paragraphs`). Labels are unchanged:
+    `hop_recall` scores by paragraph, as `evaluate` does."""
+    by_id = {d.id: d for d in example.documents}
+    docs = list(example.documents) + [d for d in documents if d.id not in by_id]
+    return replace(example, documents=tuple(docs))
+
+
+def hop_queries(example: TrainingExample, style: str = "implicit") -> list[HopQuery]:
+    """The [RQ]s of a multi-hop example in order, each with the text before it (for the baselines) and
+    the gold paragraphs left to find."""
+    from onegen_core.evaluation.multihop import pipeline_query_text
+
+    unit_doc = {u: d.id for d in example.documents for u in d.unit_ids()}
+    gold_of = {q.id: {unit_doc[u] for u in q.positives if u in unit_doc} for q in example.queries}
+    question, texts, out = None, [], []
+    pasted: set[str] = set()
+    order = [s.query_id for s in example.segments if isinstance(s, Retrieval)]
+    for seg in example.segments:
+        if isinstance(seg, Text):
+            if question is None:
+                question = seg.text.removeprefix(QUESTION_PREFIX).strip()
+            else:
+                texts.append(seg.text)
+            continue
+        k = order.index(seg.query_id)
+        remaining = set().union(*(gold_of[q] for q in order[k:])) - pasted
+        out.append(HopQuery(example.id, k, pipeline_query_text(question or "", "".join(texts), style),
+                            frozenset(d.id for d in example.documents), frozenset(pasted), frozenset(remaining)))
+        pasted |= gold_of[seg.query_id]  # the engine pastes the retrieved paragraph; teacher forcing, the gold one
+    return out
+
+
+def hop_recall(queries: Sequence[HopQuery], scores: np.ndarray, unit_docs: Sequence[str],
+               setting: str = "distractor") -> dict[str, float]:
+    """Paragraph Recall@1 of `scores` (n_queries, n_units): each query ranks its own paragraphs' units
+    (`distractor`) or every unit (`open`), never a pasted paragraph's; overall, first [RQ], later ones."""
+    if setting not in ("distractor", "open"):
+        raise ValueError(f"setting must be 'distractor' or 'open', got {setting!r}")
+    docs = np.asarray(unit_docs)
+    hits = {"first": [0, 0], "later": [0, 0]}
+    for r, q in enumerate(queries):
+        if not q.gold:
+            continue
+        s = scores[r].astype(np.float64).copy()  # (n_units,)
+        drop = np.isin(docs, list(q.pasted))
+        if setting == "distractor":
+            drop |= ~np.isin(docs, list(q.own_docs))
+        s[drop] = -np.inf
+        top = int(np.argmax(s))
+        part = hits["first" if q.hop == 0 else "later"]
+        part[0] += int(np.isfinite(s[top]) and docs[top] in q.gold)
+        part[1] += 1
+    n = hits["first"][1] + hits["later"][1]
+    out = {"recall_at_1": (hits["first"][0] + hits["later"][0]) / n if n else float("nan")}
+    for name, (h, m) in hits.items():
+        out[f"recall_at_1_{name}_rq"] = h / m if m else float("nan")
+    out["queries"] = float(n)
+    return out
+
+
+@torch.no_grad()
+def onegen_hop_scores(model: OneGenModel, collator: OneGenCollator, examples: Sequence[TrainingExample],
+                      batch_size: int = 4, device: str | torch.device = "cpu") -> tuple[np.ndarray, list[str], list[str]]:
+    """Cosine scores of every [RQ] of `examples` (in `hop_queries` order) against every distinct unit of
+    their documents: (scores (n_queries, n_units), unit ids, unit docs). A query truncated away is an
+    error: the measure would silently lose it."""
+    was_training = model.training
+    model.eval()
+    qs, unit_vec, unit_doc = [], {}, {}
+    for i in range(0, len(examples), batch_size):
+        chunk = list(examples[i:i + batch_size])
+        batch = collator(chunk).to(device)
+        expected = sum(1 for ex in chunk for s in ex.segments if isinstance(s, Retrieval))
+        if batch.query_index.shape[0] != expected:
+            raise ValueError(f"{expected - batch.query_index.shape[0]} [RQ] of examples {[e.id for e in chunk]} "
+                             "were truncated (raise train.max_length)")
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask)  # (n_main, seq, dim)
+        qs.append(F.normalize(gather_positions(hidden, batch.query_index).float(), dim=-1).cpu())  # (n_q, dim)
+        d = F.normalize(model.vectors_at(batch.doc_input_ids, batch.doc_attention_mask, batch.doc_index).float(), dim=-1)
+        for j, uid in enumerate(batch.unit_ids):
+            unit_vec.setdefault(uid, d[j].cpu())
+            unit_doc.setdefault(uid, batch.unit_docs[j])
+    if was_training:
+        model.train()
+    ids = list(unit_vec)
+    q = torch.cat(qs)  # (n_queries, dim)
+    u = torch.stack([unit_vec[x] for x in ids])  # (n_units, dim)
+    return (q @ u.T).numpy(), ids, [unit_doc[x] for x in ids]

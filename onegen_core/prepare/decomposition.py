@@ -197,9 +197,9 @@ def to_hops(decomposition: Decomposition, record: MultiHopRecord) -> list[Hop]:
 # --------------------------------------------------------------------------- parsing
 
 REJECTION_REASONS: tuple[str, ...] = (
-    "malformed_tags",  # unbalanced <step>…</step>, or a tag repeated inside one step
-    "no_steps",  # no <step> block at all
-    "empty_step",  # a <step> block with nothing in it
+    "malformed_tags",  # a <SUB-QUESTION-k>/<CORRESPONDING-DOC-k>/<SUB-ANSWER-k> tag unbalanced or repeated
+    "no_steps",  # no numbered <SUB-QUESTION-k> … tags at all
+    "empty_step",  # a step k whose tags hold nothing
     "missing_sub_question",
     "missing_document",  # a sub-question without a document
     "missing_sub_answer",
@@ -252,7 +252,7 @@ def _steps_tags(text: str) -> dict[int, dict[str, str]]:
 
 
 def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> str:
-    """The title a step's ``<document>`` refers to: ``[n]``, ``[n] Title`` or an exact title."""
+    """The title a step's ``<CORRESPONDING-DOC-k>`` refers to: ``[n]``, ``[n] Title`` or an exact title."""
     related = prompt_documents(record)
     titles = [p.title for p in related]
     cleaned = reference.strip().strip("\"'")

@@ -14,7 +14,9 @@ positives are every [RD] of hop k's gold paragraph at or after its first support
 attention is causal, so each of those [RD]s has read the supporting sentence, while the [RD]s before it
 have not. Negatives are every other unit except the positives of later hops, which are right answers to
 a later query and would be false negatives here (in comparison questions the hop order is arbitrary);
-the [RD]s of a gold paragraph before its supporting sentence are the hardest negatives.
+the [RD]s of a gold paragraph before its supporting sentence are the hardest negatives. With
+`reconstruct.pasted_negatives: false`, the paragraphs pasted before a hop's [RQ] are not its negatives
+either: inference never retrieves a pasted passage again, so ranking below it is nothing to learn.
 """
 from __future__ import annotations
 
@@ -150,7 +152,10 @@ def reconstruct_multihop(
         if not positives:
             raise ValueError(f"record {record.id!r}: hop {k} ({hop.title!r}) has no positive sentence")
         later_gold = {u for h in hops[k + 1:] for u in positive_units(docs[h.title], h.supporting_sentences)}
-        negatives = [u for u in all_units if u not in positives and u not in later_gold]
+        # a paragraph pasted before this [RQ] is never retrieved again at inference: with
+        # pasted_negatives off its units are unlabelled, so the loss is spent on what can be retrieved
+        pasted = set() if cfg.pasted_negatives else {u for h in hops[:k] for u in docs[h.title].unit_ids()}
+        negatives = [u for u in all_units if u not in positives and u not in later_gold and u not in pasted]
         queries.append(Query(qid, tuple(positives), tuple(negatives)))
     segments.append(Text(f"{FINAL_OPEN}{record.answer}{FINAL_CLOSE}", generated=True))
     return TrainingExample(
