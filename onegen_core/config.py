@@ -138,6 +138,7 @@ class BackboneConfig(_Section):
     tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig, metadata={"help": "the embedded tiny model"})
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype while training (keep float32 with AdamW unless DeepSpeed keeps fp32 master weights: distributed.bf16)")
     inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("float32", "weights dtype of a trained checkpoint when it encodes, is evaluated or serves (bfloat16: about twice as fast on CPUs with AVX512-BF16, vectors within bf16 rounding; several times slower where bfloat16 is emulated, e.g. AVX2-only CPUs); auto: bfloat16 where the device computes it natively, else float32 (onegen_core/method/precision.py)")
+    token_init: Literal["description", "pieces"] = _f("pieces", "the new OneGen tokens' embedding rows start at the mean of the rows of their literal text's pieces ([, RQ, ]) or of their description's tokens ([RQ]: 'information of question', as the authors' code does)")
     chat_template: Literal["auto", "none"] = _f("auto", "auto: wrap the prompt of every example (training and inference alike) in the tokenizer's chat template when it has one (instruct backbones); none: plain text")
     attn_implementation: str = _f("sdpa", "transformers attention implementation (sdpa, eager, flash_attention_2)")
 

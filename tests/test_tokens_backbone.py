@@ -66,3 +66,48 @@ def test_checkpoint_round_trip(tmp_path, char_tokenizer, tiny_lm):
     with torch.no_grad():
         assert torch.allclose(model(x).logits, tiny_lm.eval()(x).logits, atol=1e-5)
     assert len(tok) == len(char_tokenizer) and ids.rq == char_tokenizer.convert_tokens_to_ids("[RQ]")
+
+
+def _bare_char_tokenizer():
+    """A byte-level tokenizer without the OneGen tokens (every ASCII character one token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["abc"], trainers.BpeTrainer(vocab_size=258, min_frequency=1, special_tokens=["<eos>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                         show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.mark.parametrize("init, text", [("description", "information of question"), ("pieces", "[RQ]")])
+def test_new_token_rows_start_at_their_description_or_their_pieces(init, text):
+    """The authors' code starts a new token at the mean of its description's token rows (input and
+    output); "pieces" uses the token's literal text instead."""
+    from onegen_core.config import TinyBackboneConfig
+    from onegen_core.method.backbone import build_tiny_backbone
+    from onegen_core.method.frozen_layers import untie_output_head
+    from onegen_core.method.tokens import TOKEN_DESCRIPTIONS
+
+    tok = _bare_char_tokenizer()
+    lm = build_tiny_backbone(TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                                                num_kv_heads=2, max_position_embeddings=64), len(tok), seed=0)
+    untie_output_head(lm)
+    with torch.no_grad():
+        lm.get_output_embeddings().weight.mul_(2.0)  # distinct from the input rows
+    src = tok(text, add_special_tokens=False)["input_ids"]
+    emb_in = lm.get_input_embeddings().weight.detach().clone()
+    emb_out = lm.get_output_embeddings().weight.detach().clone()
+    ids = add_special_tokens(tok, lm, init)
+    assert torch.allclose(lm.get_input_embeddings().weight[ids.rq], emb_in[src].mean(0))
+    assert torch.allclose(lm.get_output_embeddings().weight[ids.rq], emb_out[src].mean(0))
+    rows = torch.stack([lm.get_input_embeddings().weight[ids[t]] for t in SPECIAL_TOKENS])
+    assert torch.cdist(rows, rows).add(torch.eye(len(rows)) * 1e9).min() > 1e-4  # no two tokens start equal
+    assert set(TOKEN_DESCRIPTIONS) == set(SPECIAL_TOKENS)
+
+
+def test_unknown_token_init_is_refused(char_tokenizer):
+    with pytest.raises(ValueError, match="token init"):
+        add_special_tokens(char_tokenizer, None, "random")

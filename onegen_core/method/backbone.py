@@ -150,7 +150,7 @@ def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
         model, tokenizer = load_gguf(name_or_path, cfg)
         if cfg.chat_template == "none":
             tokenizer.chat_template = None  # saved without it: every later use of the checkpoint agrees
-        return model, tokenizer, add_special_tokens(tokenizer, model)
+        return model, tokenizer, add_special_tokens(tokenizer, model, cfg.token_init)
     meta = read_meta(name_or_path)
     if meta.get("tokenizer") == "bpe-trained":
         tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
@@ -164,7 +164,7 @@ def load_pretrained(name_or_path: str, cfg: BackboneConfig | None = None):
     )
     if cfg.chat_template == "none":
         tokenizer.chat_template = None  # saved without it: every later use of the checkpoint agrees
-    ids = add_special_tokens(tokenizer, model)
+    ids = add_special_tokens(tokenizer, model, cfg.token_init)
     return model, tokenizer, ids
 
 

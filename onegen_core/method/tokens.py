@@ -33,6 +33,27 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 RETRIEVAL_TOKENS: tuple[str, ...] = (RQ, RD)
 
+# What each token means, in words: with `init="description"` a new token's rows start at the mean of its
+# description's token rows, as the authors' code initialises them (zjunlp/OneGen, `resize_and_initialize`,
+# descriptions from its workflow configs: "information of question" for the query token — spelled
+# "infomation" there —, "information of document fragment", "continue to output", and the <paragraph>
+# tags' sentences). The tokens the authors' configs do not have (mention, final-answer and LOC tags) get
+# descriptions in the same style.
+TOKEN_DESCRIPTIONS: dict[str, str] = {
+    RQ: "information of question",
+    RD: "information of document fragment",
+    CON: "continue to output",
+    LOC_OPEN: "a tag to indicate the start of the sub-question begins here",
+    LOC_CLOSE: "a tag to indicate the end of the sub-question starts here",
+    PARAGRAPH_OPEN: "a tag to indicate the start of the retrieved document begins here",
+    PARAGRAPH_CLOSE: "a tag to indicate the end of the retrieved document starts here",
+    FINAL_OPEN: "a tag to indicate the start of the final answer begins here",
+    FINAL_CLOSE: "a tag to indicate the end of the final answer starts here",
+    MENTION_OPEN: "a tag to indicate the start of the entity mention begins here",
+    MENTION_CLOSE: "a tag to indicate the end of the entity mention starts here",
+}
+TOKEN_INITS: tuple[str, ...] = ("description", "pieces")
+
 
 @dataclass(frozen=True)
 class SpecialTokenIds:
@@ -74,20 +95,27 @@ class SpecialTokenIds:
         )
 
 
-def add_special_tokens(tokenizer, model: torch.nn.Module | None = None) -> SpecialTokenIds:
+def add_special_tokens(tokenizer, model: torch.nn.Module | None = None, init: str = "pieces") -> SpecialTokenIds:
     """Add the OneGen tokens to `tokenizer` (and grow `model`'s embeddings to match).
 
     A new embedding row (input and, when untied, output) starts at the mean of the rows of the pieces
-    the tokenizer split the token's literal text into before it was added (`[RQ]` → `[`, `RQ`, `]`).
+    of a text, split by the tokenizer before the token was added: its description (`init="description"`,
+    `TOKEN_DESCRIPTIONS`, the authors' initialisation: `[RQ]` → "information of question") or its literal
+    text (`"pieces"`: `[RQ]` → `[`, `RQ`, `]`). Where the input rows stay frozen
+    (`train.trainable_layers`), the start is what the frozen layers read at a `[RQ]` for the whole run.
     A random row would give the new tokens a norm unlike any real token and destabilise the first
     steps; one shared mean row would make every OneGen token identical, which a recipe that keeps the
     embeddings frozen (`train.trainable_layers`) could never undo: `[RQ]` and `</FINAL-ANSWER>` would
-    then have the same input vector and the same logit. The pieces' mean is distinct per token,
-    near real tokens and deterministic.
+    then have the same input vector and the same logit. The pieces' mean is distinct per token
+    (every description differs), near real tokens and deterministic.
     Idempotent: tokens already present keep their ids and rows.
     """
+    if init not in TOKEN_INITS:
+        raise ValueError(f"token init must be one of {TOKEN_INITS}, got {init!r}")
     present = set(tokenizer.get_vocab())
-    pieces = {tok: list(tokenizer(tok, add_special_tokens=False)["input_ids"])
+    # tokenised before the tokens exist, so a description or a literal is split into ordinary pieces
+    source = TOKEN_DESCRIPTIONS if init == "description" else {t: t for t in SPECIAL_TOKENS}
+    pieces = {tok: list(tokenizer(source[tok], add_special_tokens=False)["input_ids"])
               for tok in SPECIAL_TOKENS if tok not in present}
     tokenizer.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
     if tokenizer.pad_token is None:
