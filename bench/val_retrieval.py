@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         lm, tok, _ = load_pretrained(path, BackboneConfig(name=path, dtype=resolve_inference_dtype(p.backbone.inference_dtype)))
         model = OneGenModel(lm, p.loss)
         collator = OneGenCollator(tok, p.train.max_length, p.train.max_doc_length, share_negatives=False)
-        res = {"all": {k: v for k, v in retrieval_recall(model, collator, val, p.train.batch_size).items() if k in KEYS}}
+        r = retrieval_recall(model, collator, val, p.train.batch_size, by_task=True)
+        res = {"all": {k: v for k, v in r.items() if k in KEYS}}
         for task in tasks:
-            part = retrieval_recall(model, collator, [e for e in val if e.task == task], p.train.batch_size)
-            res[task] = {k: v for k, v in part.items() if k in KEYS}
+            res[task] = {k: r[f"{task}/{k}"] for k in KEYS}
         # recorded relative to the project, so the file names no machine's directories
         out["checkpoints"][name] = {"path": os.path.relpath(Path(path).resolve(), ROOT), **res, "seconds": round(time.perf_counter() - t0, 1)}
         for part, r in res.items():

@@ -80,7 +80,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     )
     from onegen_core.training.schedule import lr_at
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # INFO for our own loggers only: with the root at INFO, Ray Train v2 logs every `ray.train.report`
+    # call ("Reporting training result N: TrainingReport(...)"), one line per step of the run
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("onegen", "onegen_core", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)
     p: Params = from_dict(Params, config["params"])
     torch.set_num_threads(p.distributed.threads_per_worker)
     ctx = ray.train.get_context()
@@ -140,16 +144,14 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     def validate(at_step: int) -> dict[str, float]:
         # every rank runs the same examples: identical module calls, as ZeRO-3 needs
+        # per task too (the tasks' queries differ in number and difficulty), from the same forward passes
         with compute_precision(t_cfg.autocast):
-            r = retrieval_recall(engine.module, eval_collator, val_ex, batch_size=t_cfg.batch_size)
-            out = {f"val/{k}": v for k, v in r.items()}
-            tasks_ = sorted({e.task for e in val_ex})
-            if len(tasks_) > 1:  # per task too: the tasks' queries differ in number and difficulty
-                for task in tasks_:
-                    part = retrieval_recall(engine.module, eval_collator, [e for e in val_ex if e.task == task],
-                                            batch_size=t_cfg.batch_size)
-                    keys = ("recall_at_1", "recall_at_5", "open_recall_at_1", "open_recall_at_5", "queries")
-                    out.update({f"val/{task}/{k}": part[k] for k in keys})
+            r = retrieval_recall(engine.module, eval_collator, val_ex, batch_size=t_cfg.batch_size, by_task=True)
+        tasks_ = sorted({e.task for e in val_ex})
+        keys = ("recall_at_1", "recall_at_5", "open_recall_at_1", "open_recall_at_5", "queries")
+        out = {f"val/{k}": v for k, v in r.items() if "/" not in k}
+        if len(tasks_) > 1:
+            out.update({f"val/{t}/{k}": r[f"{t}/{k}"] for t in tasks_ for k in keys})
         return out
 
     if step == 0:

@@ -139,3 +139,29 @@ def test_retrieval_recall_splits_first_and_later_rq(char_tokenizer, tiny_lm, sha
     assert out["queries"] == n_first + n_later and n_later > 0
     weighted = out["recall_at_1_first_rq"] * n_first + out["recall_at_1_later_rq"] * n_later
     assert weighted == pytest.approx(out["recall_at_1"] * out["queries"])
+
+
+def test_per_task_figures_from_one_pass_equal_separate_calls(char_tokenizer, tiny_lm, shared_data):
+    """`by_task=True` gives each task the figures a call on that task's examples alone gives (the open
+    measure ranks that task's units only), from one pass over all of them."""
+    from onegen_core.config import ReconstructConfig
+    from onegen_core.data import load_hotpotqa
+    from onegen_core.prepare.entity_linking import Mention, reconstruct_entity_linking
+    from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
+
+    recs = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[:3]
+    mh = [reconstruct_multihop(r, hops_from_supporting_facts(r), ReconstructConfig(max_negative_paragraphs=1), 0)
+          for r in recs]
+    kb = {"Q90": ("Paris", "capital of France"), "Q142": ("France", "country"), "Q1": ("Paris Hilton", "person")}
+    el = [reconstruct_entity_linking(f"w{i}", "Paris is in France.", [Mention(0, 5, "Q90", ("Q1",)),
+                                                                       Mention(12, 18, "Q142", ("Q90",))], kb)
+          for i in range(2)]
+    col = OneGenCollator(char_tokenizer, max_length=100_000, max_doc_length=100_000, share_negatives=False)
+    model = OneGenModel(tiny_lm, LossConfig())
+    both = retrieval_recall(model, col, [el[0], *mh, el[1]], batch_size=2, by_task=True)
+    for task, exs in (("multihop", mh), ("entity_linking", el)):
+        alone = retrieval_recall(model, col, exs, batch_size=2)
+        for k in ("recall_at_1", "recall_at_5", "doc_recall_at_1", "open_recall_at_1", "open_candidates", "queries"):
+            assert both[f"{task}/{k}"] == pytest.approx(alone[k]), (task, k)
+    assert both["queries"] == both["multihop/queries"] + both["entity_linking/queries"]
+    assert both["open_candidates"] == both["multihop/open_candidates"] + both["entity_linking/open_candidates"]

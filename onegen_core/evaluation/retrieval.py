@@ -21,6 +21,20 @@ from onegen_core.method.prompts import QUESTION_PREFIX
 from onegen_core.method.segments import Retrieval, Text, TrainingExample
 
 
+@dataclass
+class _Scored:
+    """One validation [RQ]: its task, own-candidate hits, and what the open measure needs."""
+
+    task: str
+    hits: dict[int, bool]  # k -> a positive in the top k of its own candidates
+    top1: bool  # the top-1 own candidate is a positive
+    doc_hit: bool
+    first: bool  # the first [RQ] of its sequence
+    vector: torch.Tensor  # (dim,) normalised
+    positives: set[str]
+    excluded: set[str]  # its own example's unlabelled units
+
+
 @torch.no_grad()
 def retrieval_recall(
     model: OneGenModel,
@@ -29,11 +43,15 @@ def retrieval_recall(
     batch_size: int = 4,
     ks: tuple[int, ...] = (1, 5),
     device: str | torch.device = "cpu",
+    by_task: bool = False,
 ) -> dict[str, float]:
     """Recall@k of units (top-k holds a positive unit) and Recall@1 of documents (the top-1 unit
     lies in a document holding a positive), over every [RQ] that has a positive. Queries without one
     are counted, never dropped silently. Recall@1 is also split into the first [RQ] of a sequence and
-    the later ones: a later [RQ] follows pasted passages, which its vector must look past."""
+    the later ones: a later [RQ] follows pasted passages, which its vector must look past.
+
+    by_task: also `<task>/<figure>` for each task of the examples, from the same forward passes (the
+    open measure of a task ranks the units of that task's examples only, as a call on them alone would)."""
     was_training = model.training
     model.eval()
     # the open measure: every distinct unit of the examples (by id: a document two examples share is one
@@ -41,14 +59,16 @@ def retrieval_recall(
     # hop's gold paragraph), which the own-candidate measure leaves out as well
     pool_vec: dict[str, torch.Tensor] = {}
     pool_doc: dict[str, str] = {}
-    open_queries: list[tuple[torch.Tensor, set[str], set[str]]] = []  # (vector (dim,), positive ids, excluded ids)
-    hits = {k: 0 for k in ks}
-    doc_hits = 0
-    n = 0
-    skipped = 0
-    by_hop = {"first": [0, 0], "later": [0, 0]}  # [hits@1, queries]
+    pool_tasks: dict[str, set[str]] = {}
+    scored: list[_Scored] = []
+    skipped: dict[str, int] = {}
     for i in range(0, len(examples), batch_size):
-        batch = collator(list(examples[i:i + batch_size])).to(device)
+        chunk = list(examples[i:i + batch_size])
+        batch = collator(chunk).to(device)
+        for ex in chunk:
+            for d in ex.documents:
+                for u in d.unit_ids():
+                    pool_tasks.setdefault(u, set()).add(ex.task)
         if batch.query_index.shape[0] == 0:
             continue
         hidden = model.hidden_states(batch.input_ids, batch.attention_mask)  # (n_main, seq, dim)
@@ -61,31 +81,42 @@ def retrieval_recall(
         unlabelled = batch.own_mask & ~batch.positive_mask & ~batch.negative_mask  # (n_q, n_u)
         rows = batch.query_index[:, 0].tolist()
         for r in range(scores.shape[0]):
+            task = chunk[rows[r]].task
             pos = batch.positive_mask[r]
             if not pos.any():
-                skipped += 1
+                skipped[task] = skipped.get(task, 0) + 1
                 continue
-            n += 1
-            open_queries.append((q[r].cpu(), {batch.unit_ids[j] for j in pos.nonzero().flatten().tolist()},
-                                 {batch.unit_ids[j] for j in unlabelled[r].nonzero().flatten().tolist()}))
             order = scores[r].argsort(descending=True)
-            for k in ks:
-                hits[k] += int(pos[order[:k]].any())
-            hop = by_hop["first" if rows[r] not in rows[:r] else "later"]
-            hop[0] += int(pos[order[0]].item())
-            hop[1] += 1
             top_doc = batch.unit_docs[int(order[0])]
-            pos_docs = {batch.unit_docs[j] for j in pos.nonzero().flatten().tolist()}
-            doc_hits += int(top_doc in pos_docs)
+            pos_idx = pos.nonzero().flatten().tolist()
+            scored.append(_Scored(
+                task, {k: bool(pos[order[:k]].any()) for k in ks}, bool(pos[order[0]]),
+                top_doc in {batch.unit_docs[j] for j in pos_idx}, rows[r] not in rows[:r], q[r].cpu(),
+                {batch.unit_ids[j] for j in pos_idx},
+                {batch.unit_ids[j] for j in unlabelled[r].nonzero().flatten().tolist()}))
     if was_training:
         model.train()
-    out = {f"recall_at_{k}": hits[k] / n if n else float("nan") for k in ks}
-    out["doc_recall_at_1"] = doc_hits / n if n else float("nan")
-    for name, (h, m) in by_hop.items():
-        out[f"recall_at_1_{name}_rq"] = h / m if m else float("nan")
+    out = _summarise(scored, sum(skipped.values()), pool_vec, pool_doc, ks)
+    if by_task:
+        for task in sorted({e.task for e in examples}):
+            units = {u for u, tasks in pool_tasks.items() if task in tasks and u in pool_vec}
+            part = _summarise([s for s in scored if s.task == task], skipped.get(task, 0),
+                              {u: pool_vec[u] for u in units}, pool_doc, ks)
+            out.update({f"{task}/{k}": v for k, v in part.items()})
+    return out
+
+
+def _summarise(scored: list[_Scored], skipped: int, pool_vec: dict[str, torch.Tensor], pool_doc: dict[str, str],
+               ks: tuple[int, ...]) -> dict[str, float]:
+    n = len(scored)
+    out = {f"recall_at_{k}": sum(s.hits[k] for s in scored) / n if n else float("nan") for k in ks}
+    out["doc_recall_at_1"] = sum(s.doc_hit for s in scored) / n if n else float("nan")
+    for name, first in (("first", True), ("later", False)):
+        part = [s for s in scored if s.first == first]
+        out[f"recall_at_1_{name}_rq"] = sum(s.top1 for s in part) / len(part) if part else float("nan")
     out["queries"] = float(n)
     out["queries_without_positive"] = float(skipped)
-    out.update(_open_recall(pool_vec, pool_doc, open_queries, ks))
+    out.update(_open_recall(pool_vec, pool_doc, [(s.vector, s.positives, s.excluded) for s in scored], ks))
     return out
 
 
@@ -103,8 +134,9 @@ def _open_recall(pool_vec: dict[str, torch.Tensor], pool_doc: dict[str, str],
     hits = {k: 0 for k in ks}
     doc_hits = 0
     for r, (_, positives, excluded) in enumerate(queries):
-        if excluded:
-            scores[r, [col[u] for u in excluded]] = float("-inf")
+        drop = [col[u] for u in excluded if u in col]
+        if drop:
+            scores[r, drop] = float("-inf")
         order = scores[r].argsort(descending=True)[:max(ks)].tolist()
         for k in ks:
             hits[k] += int(any(ids[j] in positives for j in order[:k]))
