@@ -83,6 +83,9 @@ def worker_loop(config: dict[str, Any]) -> None:
     # INFO for our own loggers only: with the root at INFO, Ray Train v2 logs every `ray.train.report`
     # call ("Reporting training result N: TrainingReport(...)"), one line per step of the run
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # basicConfig leaves the level alone when Ray has already given the root a handler (it has, in a
+    # worker), and Ray Train's context logs through a logger named by its file path, under the root
+    logging.getLogger().setLevel(logging.WARNING)
     for name in ("onegen", "onegen_core", "tasks"):
         logging.getLogger(name).setLevel(logging.INFO)
     p: Params = from_dict(Params, config["params"])
