@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> None:
                            overrides=overrides or None, profile=args.profile, experiment=args.experiment,
                            project_dir=os.path.abspath(args.project_dir), until=args.until, metrics=args.metric)
         print(f"sweep {out['sweep_id']}: table and plot in {out['out_dir']} and on MLflow run "
-              f"{out['mlflow']['parent_run_id']}")
+              f"{out['mlflow']['parent_run_id']}; the points by λr: {out['mlflow']['view_url']}")
     elif args.command == "serve":
         _prefect_env()
         from flows.serve import serve
@@ -203,7 +203,10 @@ def _run(args: argparse.Namespace) -> None:
         print(" ".join(cmd), flush=True)
         exp = tracking.client_for(uri).get_experiment_by_name(p.mlflow.experiment)
         if exp is not None:  # the runs table in the model-training view, with the compared metrics
-            print(f"runs: {tracking.runs_view_url(f'http://{args.host}:{args.port}', exp.experiment_id)}", flush=True)
+            base = f"http://{args.host}:{args.port}"
+            print(f"runs: {tracking.runs_view_url(base, exp.experiment_id)}", flush=True)
+            for key in tracking.sweep_view_keys(exp.tags)[-5:]:  # the newest sweeps' points, by λr
+                print(f"{key}: {tracking.runs_view_url(base, exp.experiment_id, key)}", flush=True)
         raise SystemExit(subprocess.call(cmd, env=server_env(), cwd=root))
 
 

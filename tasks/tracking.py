@@ -94,16 +94,44 @@ def ensure_experiment(client, name: str, loc: str | None) -> str:
         exp = client.get_experiment_by_name(name)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    view = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False,
-                       "selectedColumns": ["attributes.`Source`", *COMPARED_COLUMNS]})
+    view = _view_state("attributes.start_time", False)
     if exp.tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:
         client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
     return exp.experiment_id
 
 
-def runs_view_url(base: str, exp_id: str) -> str:
-    """The experiment's runs table in the model-training view with the compared metrics as columns."""
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+def runs_view_url(base: str, exp_id: str, key: str = VIEW_KEY) -> str:
+    """The experiment's runs table in the model-training view, in the shared view `key` (default: every run,
+    newest first, the compared metrics as columns; a sweep's id: that sweep's points by λr)."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
+
+
+def _view_state(order_by: str, ascending: bool, search: str = "") -> str:
+    """A shared view state as the MLflow UI reads it (the search facets and the selected columns)."""
+    state: dict[str, Any] = {"orderByKey": order_by, "orderByAsc": ascending,
+                             "selectedColumns": ["attributes.`Source`", *COMPARED_COLUMNS]}
+    if search:
+        state["searchFilter"] = search
+    return json.dumps(state)
+
+
+def sweep_view(client, exp_id: str, sweep_id: str) -> str:
+    """A shared view of one λr sweep: its training runs only (the points; not the sweep's own run nor the
+    evaluate runs, which hold no params), ordered by λr, the compared metrics as columns. Ordering by a
+    column other than the start time also lists nested runs flat, so the points are side by side rather
+    than folded under the sweep's run. Returns the view's key for `runs_view_url`."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep_id):
+        raise ValueError(f"sweep id {sweep_id!r}: letters, digits, '_', '.', '-' only (it goes into a URL and a filter)")
+    search = f"tags.`onegen.sweep` = '{sweep_id}' and params.`loss.kind` != ''"
+    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{sweep_id}",
+                              _view_state("params.`loss.lambda_r`", True, search))
+    return sweep_id
+
+
+def sweep_view_keys(tags: dict[str, str]) -> list[str]:
+    """The λr sweeps that have a shared view, from an experiment's tags, oldest first (ids start with the time)."""
+    prefix = "mlflow.sharedViewState."
+    return sorted(k[len(prefix):] for k in tags if k.startswith(prefix + "sweep-"))
 
 
 def env_tags() -> dict[str, str]:

@@ -412,6 +412,12 @@ def test_lambda_sweep_gives_one_run_per_value_and_a_comparison(served):
         Path(client.download_artifacts(parent.info.run_id, "sweep/sweep.csv")).read_text())))
     assert [float(r["lambda_r"]) for r in table] == [0.0, 1.0, 4.0]
     assert {r["mlflow_run_id"] for r in table} == {r.info.run_id for r in points}
+    # the sweep's shared view in the MLflow UI selects exactly its points and orders them by λr
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.sweep-test"])
+    assert view["orderByKey"] == "params.`loss.lambda_r`" and view["orderByAsc"] is True
+    shown = client.search_runs([parent.info.experiment_id], view["searchFilter"])
+    assert {r.info.run_id for r in shown} == {r.info.run_id for r in points}
+    assert any("viewStateShareKey=sweep-test" in line for line in logs)  # the flow's log gives the link
     assert float(table[0]["retrieval_loss_last"]) == 0.0 < float(table[1]["retrieval_loss_last"])
     # every point trained with its own λr (until train: no evaluate metrics in any row)
     assert float(table[2]["retrieval_loss_last"]) > 0 and not any(
