@@ -53,8 +53,8 @@ from tasks import tracking
 
 # plotted when present, in this order (higher is better unless the name says loss)
 DEFAULT_PLOT_METRICS = (
-    "eval/hotpotqa/distractor/onegen/em", "eval/hotpotqa/distractor/onegen/f1",
-    "eval/hotpotqa/distractor/onegen/recall_at_1_question", "eval/el/onegen/el_f1",
+    "eval/hotpotqa/distractor/onegen/recall_at_1_subquery", "eval/hotpotqa/distractor/onegen/em",
+    "eval/hotpotqa/distractor/onegen/f1", "eval/hotpotqa/distractor/onegen/recall_at_1_question", "eval/el/onegen/el_f1",
     "val/recall_at_1", "val/recall_at_5", "retrieval_loss_last", "lm_loss_last",
 )
 TRAIN_JSON_KEYS = ("steps", "seconds", "lm_loss_first", "lm_loss_last", "retrieval_loss_first", "retrieval_loss_last")
