@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import secrets as _secrets
 import time
 from pathlib import Path
@@ -225,7 +224,7 @@ def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefec
         except ConfigError as e:
             raise FlowError(f"λr={lam}: {e}") from None
     sweep_id = sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{_secrets.token_hex(2)}"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep_id):  # it names git refs, an MLflow view and a URL
+    if not tracking.SAFE_ID.fullmatch(sweep_id):  # checked before any run opens (sweep_view checks it too)
         raise FlowError(f"sweep_id {sweep_id!r}: letters, digits, '_', '.', '-' only")
     names = {lam: exp_name(sweep_id, lam) for lam in lambda_r}
     client, uri, exp_id, parent = open_run(
@@ -234,10 +233,10 @@ def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefec
         {"lambda_r": list(lambda_r), "overrides": common, "until": target, "project_dir": str(root)})
     log.info("sweep %s: λr %s, up to stage %s, overrides %s; MLflow run %s", sweep_id, lambda_r, target,
              json.dumps(common) if common else "none", parent)
-    view_url = tracking.runs_view_url(uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000",
-                                      exp_id, tracking.sweep_view(client, exp_id, sweep_id))
-    log.info("the points side by side, by λr, in the MLflow UI%s: %s",
-             "" if uri.startswith("http") else " (`onegen ui`)", view_url)
+    served = uri.startswith(("http://", "https://"))  # else a local store, which `onegen ui` serves on :5000
+    view_url = tracking.runs_view_url(uri if served else "http://127.0.0.1:5000", exp_id,
+                                      tracking.sweep_view(client, exp_id, sweep_id))
+    log.info("the points side by side, by λr, in the MLflow UI%s: %s", "" if served else " (`onegen ui`)", view_url)
     params_path = root / "params.yaml"
     original = params_path.read_bytes()
     saved = root / ".dvc" / "tmp" / "onegen" / f"params.yaml.before-{sweep_id}"

@@ -36,6 +36,8 @@ COMPARED_COLUMNS = ("params.`loss.lambda_r`", "params.`loss.kind`", "metrics.`va
                     "metrics.`eval/hotpotqa/distractor/onegen/recall_at_1_subquery`",
                     "metrics.`eval/hotpotqa/distractor/onegen/f1`", "metrics.`eval/hotpotqa/distractor/onegen/em`",
                     "metrics.`eval/hotpotqa/open/onegen/recall_at_1_subquery`", "metrics.`eval/el/onegen/el_f1`")
+# a sweep id names git refs, an MLflow shared view and a URL parameter, and goes into a search filter
+SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -120,7 +122,7 @@ def sweep_view(client, exp_id: str, sweep_id: str) -> str:
     evaluate runs, which hold no params), ordered by λr, the compared metrics as columns. Ordering by a
     column other than the start time also lists nested runs flat, so the points are side by side rather
     than folded under the sweep's run. Returns the view's key for `runs_view_url`."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep_id):
+    if not SAFE_ID.fullmatch(sweep_id):
         raise ValueError(f"sweep id {sweep_id!r}: letters, digits, '_', '.', '-' only (it goes into a URL and a filter)")
     search = f"tags.`onegen.sweep` = '{sweep_id}' and params.`loss.kind` != ''"
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{sweep_id}",
