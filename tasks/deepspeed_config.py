@@ -79,3 +79,13 @@ def resolved_ds_config(p: Params, world_size: int, hidden_size: int) -> dict[str
     # which ZeRO accepts only with this flag, on CPU and GPU alike
     cfg.setdefault("zero_allow_untested_optimizer", True)
     return cfg
+
+
+def check_compile_support(cfg: dict[str, Any], p: Params) -> None:
+    """`train.compile` with a ZeRO-3 config is a `ConfigError`: ZeRO-3 gathers each layer's partitioned
+    weights in module hooks that torch.compile does not trace."""
+    from onegen_core.config import ConfigError
+
+    if p.train.compile and cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+        raise ConfigError(f"train.compile: true does not go with the ZeRO-3 config {p.distributed.deepspeed_config} "
+                          "(distributed.deepspeed_config); set train.compile: false")

@@ -225,10 +225,12 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
         bar = _bar(len(windows), "entity linking (MD+EL)")
         stats = EngineStats()
         preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.el_batch_size, ck,
-                                     on_batch=bar.update, stats=stats)
+                                     on_batch=bar.update, stats=stats, draft_tokens=cfg.el_draft_tokens)
         bar.close()
         linked = cache.put("el.link", {"predictions": _mentions_to_json(preds), "finish": dict(finish),
                                        "forward_passes": stats.forward_passes, "searches": stats.searches,
+                                       "draft_tokens_fed": stats.draft_tokens_fed,
+                                       "draft_tokens_kept": stats.draft_tokens_kept,
                                        "seconds": round(stats.seconds, 1)})
     link_preds = _mentions_from_json(linked["predictions"])
     scores = score_linking(articles, link_preds)

@@ -109,6 +109,11 @@ def worker_loop(config: dict[str, Any]) -> None:
             # ZeRO-3 needs the same module calls on every rank: fill the cache for every sequence any
             # rank will see, before the weights are partitioned, then refuse misses
             fill_lower_cache(model, [*train_ex, *val_ex], eval_collator, t_cfg, rank)
+    if t_cfg.compile:
+        from onegen_core.training.compiled import compile_top_layers
+
+        log.info("rank %d: %d decoder layers run through torch.compile", rank,
+                 compile_top_layers(lm, t_cfg.trainable_layers))
 
     if p.lora.enabled and config["ds_config"].get("zero_optimization", {}).get("stage", 0) == 3:
         _register_token_adapter_weights(lm)

@@ -201,7 +201,7 @@ def read_history(path: Path) -> list[dict]:
 
 def run(p: Params) -> dict[str, Any]:
     t_start = time.perf_counter()
-    from tasks.deepspeed_config import resolved_ds_config, validate
+    from tasks.deepspeed_config import check_compile_support, resolved_ds_config, validate
 
     resume = p.distributed.resume_from
     resume_dir = ""
@@ -230,6 +230,7 @@ def run(p: Params) -> dict[str, Any]:
     hidden = load_config(init_dir).hidden_size
     ds_config = resolved_ds_config(p, p.distributed.num_workers, hidden)
     validate(ds_config, p.distributed.num_workers)
+    check_compile_support(ds_config, p)
 
     from tasks import tracking
 

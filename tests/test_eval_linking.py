@@ -121,6 +121,50 @@ def test_constrained_generation_copies_exactly(char_tokenizer, tiny_lm):
             assert f"{MENTION_OPEN}{t[s:e]}{MENTION_CLOSE}" in r.text
 
 
+def test_drafted_copying_gives_the_same_tokens_in_fewer_passes(char_tokenizer, tiny_lm):
+    """Feeding the text's next tokens as guesses and keeping those the greedy choice agrees with yields the
+    very tokens, mentions and retrievals of one token a pass; rejected guesses leave no trace."""
+    from onegen_core.inference.generation import EngineStats
+
+    tiny_lm.eval()
+    texts = ["Paris and Berlin are cities of Europe", "Rome", "Zürich – café at noon, then Lyon"]
+    prompts = [char_tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
+    ids = SpecialTokenIds.from_tokenizer(char_tokenizer)
+    rng = np.random.default_rng(0)
+    records = [UnitRecord(q, q, q, q, q) for q in ("Q1", "Q2", "Q3")]
+    index = ExactIndex(records, rng.normal(size=(3, tiny_lm.config.hidden_size)), "ck")
+
+    def run(draft: int):
+        chooser = CopyConstraint(char_tokenizer, texts, [len(p) for p in prompts])
+
+        class Biased:  # opens mentions at some word starts, so guesses get rejected there
+            def __call__(self, row, logits, seq):
+                logits = logits.clone()
+                logits[ids[MENTION_OPEN]] += 4.0
+                logits[ids[MENTION_CLOSE]] += 3.0
+                return chooser(row, logits, seq)
+
+            def draft(self, row, seq, n):
+                return chooser.draft(row, seq, n)
+
+        stats = EngineStats()
+        policy = RetrievalPolicy(mode="link", max_new_tokens=200, max_retrievals=50, draft_tokens=draft)
+        return generate(tiny_lm, char_tokenizer, prompts, index, policy, choose=Biased(), stats=stats), stats
+
+    plain, s0 = run(0)
+    drafted, s6 = run(6)
+    assert s0.draft_tokens_fed == 0
+    assert 0 < s6.draft_tokens_kept < s6.draft_tokens_fed  # guesses were both kept and rejected
+    assert s6.forward_passes < s0.forward_passes
+    assert sum(len(r.retrievals) for r in plain) > 0
+    for a, b in zip(plain, drafted):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert [(e.position, e.ids) for e in a.retrievals] == [(e.position, e.ids) for e in b.retrievals]
+        np.testing.assert_allclose(a.query_vectors, b.query_vectors, atol=1e-4)
+    with pytest.raises(ValueError, match="draft_tokens"):
+        RetrievalPolicy(draft_tokens=65)
+
+
 def test_score_linking_follows_inkb_rules():
     preds = {"toy/7": [PredictedMention(0, 5, "Q90"), PredictedMention(10, 16, "Q1"),  # optional: ignored
                        PredictedMention(21, 26, "Q5"), PredictedMention(17, 20, "Q7"),

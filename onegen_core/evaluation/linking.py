@@ -94,10 +94,12 @@ def link_windows(
     on_batch: Callable[[int], None] | None = None,
     stats: EngineStats | None = None,
     compact: bool = True,
+    draft_tokens: int = 0,
 ) -> tuple[dict[str, list[PredictedMention]], Counter]:
     """Constrained G→R generation over every window. Returns predictions per article and a count of
     windows by finish reason (a window that hits the length or retrieval cap keeps the mentions it
-    completed; its remaining gold mentions stay in the denominator). compact: `generate`'s."""
+    completed; its remaining gold mentions stay in the denominator). compact: `generate`'s;
+    draft_tokens: `RetrievalPolicy.draft_tokens` (the window's own text is the guess)."""
     tok = SegmentTokenizer(tokenizer)
     vocab_bytes = token_bytes(tokenizer)
     by_article: dict[str, list[PredictedMention]] = {}
@@ -108,7 +110,7 @@ def link_windows(
         prompts = [tok.prompt(w.text + "\n") for w in batch]
         text_tokens = max(len(tok(w.text)) for w in batch)
         policy = RetrievalPolicy(mode="link", max_retrievals=max_retrievals,
-                                 max_new_tokens=2 * text_tokens + 4 * max_retrievals + 8)
+                                 max_new_tokens=2 * text_tokens + 4 * max_retrievals + 8, draft_tokens=draft_tokens)
         chooser = CopyConstraint(tokenizer, [w.text for w in batch], [len(p) for p in prompts], vocab_bytes)
         results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
                            choose=chooser, stats=stats, compact=compact)

@@ -117,6 +117,25 @@ class CopyConstraint:
                 firsts.append(t)
         return firsts
 
+    def draft(self, row: int, seq: list[int], n: int) -> list[int]:
+        """Up to `n` tokens the row is likely to copy next, after `seq` (which ends with the token just
+        chosen): the tokenizer's own encoding of the text that follows. A guess for the engine to check
+        in one pass (`RetrievalPolicy.draft_tokens`); the greedy choice at each drafted position decides
+        what is kept, so a wrong guess costs compute, never a different output."""
+        self._advance(row, seq)
+        p, data = self.pos[row], self.data[row]
+        if n <= 0 or self.need_rq[row] or p >= len(data) or (self.inside[row] and p == self.start[row]):
+            return []
+        c = self.char_of[row][p]
+        if c < 0:  # inside a UTF-8 character: no text encoding starts here
+            return []
+        text = self.texts[row]
+        stop = min(len(text), c + 8 * (n + 1))  # enough characters for n tokens of any real text
+        ids = self.tokenizer(text[c:stop], add_special_tokens=False)["input_ids"]
+        if stop < len(text):
+            ids = ids[:-1]  # the last piece may be cut by the slice's end
+        return list(ids[:n])
+
     def __call__(self, row: int, logits: torch.Tensor, seq: list[int]) -> int:
         self._advance(row, seq)
         allowed = self.allowed(row)

@@ -73,12 +73,19 @@ class RetrievalPolicy:
     # a document already pasted into a row is not retrieved again by that row (R→G): the same rule for
     # OneGen and every baseline retriever, so a later hop cannot fetch the passage it is reading
     exclude_pasted: bool = True
+    # greedy decoding with a chooser that can guess what follows (`CopyConstraint.draft`: the text being
+    # copied): feed the chosen token and up to this many guessed ones in one pass, keep the guesses the
+    # greedy choice at each position agrees with, and mask the rest out of the cache. Same tokens as one
+    # token a pass (up to floating-point rounding of the wider pass), in fewer passes; 0 = off
+    draft_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("rag", "link"):
             raise ValueError(f"mode must be 'rag' or 'link', got {self.mode!r}")
         if self.top_k < 1 or self.max_retrievals < 0 or self.max_new_tokens < 1:
             raise ValueError("top_k, max_new_tokens must be >= 1 and max_retrievals >= 0")
+        if not 0 <= self.draft_tokens <= 64:
+            raise ValueError(f"draft_tokens must be in 0..64, got {self.draft_tokens}")
 
 
 @dataclass
@@ -111,6 +118,8 @@ class EngineStats:
     # spent on padding (a row pasting a passage makes the others pad to its length for that pass)
     slots_processed: int = 0
     searches: int = 0  # query vectors searched
+    draft_tokens_fed: int = 0  # guessed tokens fed (`RetrievalPolicy.draft_tokens`), kept or not
+    draft_tokens_kept: int = 0  # of those, the ones the greedy choice agreed with
     seconds: float = 0.0
     search_seconds: float = 0.0
 
@@ -125,6 +134,7 @@ class _Row:
     n_prompt: int
     pending: list[int] = field(default_factory=list)  # tokens to feed next pass
     injecting: bool = False  # pending is a pasted passage: its logits are not sampled from until fed
+    drafted: int = 0  # pending ends with this many guessed tokens, checked after the pass
     sampled: int = 0
     retrievals: list[RetrievalEvent] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
@@ -200,6 +210,8 @@ def generate(
     attn = mask.to(device)  # (live, cache length): 1 where the cache holds a real token
     # live[i] = the row held in position i of the cache, attn and next_logits (finished rows leave)
     live = list(range(len(rows)))
+    # guessed tokens are checked against the greedy choice, so drafting needs greedy decoding
+    drafting = policy.draft_tokens > 0 and not policy.do_sample and callable(getattr(choose, "draft", None))
 
     while True:
         # 1. every active row without pending tokens samples one
@@ -231,6 +243,10 @@ def generate(
                     r.pending = [ids.rq, ids.con] if policy.mode == "link" else [ids.rq]
             else:
                 r.pending = [t]
+                if drafting:
+                    guess = choose.draft(b, r.seq + [t], min(policy.draft_tokens, policy.max_new_tokens - r.sampled))
+                    r.pending += guess
+                    r.drafted = len(guess)
             if r.pending and hooks is not None and hooks.on_token is not None:
                 hooks.on_token(b, t)
         # every row still unfinished has pending tokens now: the others leave the batch
@@ -257,6 +273,9 @@ def generate(
             was_query = r.pending[0] == ids.rq and not r.injecting
             rq_pos = len(r.seq)
             col = width - len(r.pending)
+            if r.drafted:
+                next_logits[i] = _check_draft(r, b, i, col, hidden, head, choose, attn, stats, hooks)
+                continue
             r.seq.extend(r.pending)
             r.pending, r.injecting = [], False
             if was_query:
@@ -298,6 +317,34 @@ def generate(
             )
         )
     return results
+
+
+def _check_draft(r: _Row, b: int, i: int, col: int, hidden: torch.Tensor, head, choose, attn: torch.Tensor,
+                 stats: EngineStats, hooks: StreamHooks | None) -> torch.Tensor:
+    """Row `b` (cache position `i`) fed its chosen token and `r.drafted` guesses from column `col`: keep the
+    longest run of guesses the chooser picks from the logits before each, as it would one token a pass;
+    mask the other guesses out of the cache (like padding: no attention, no position). Returns the
+    logits the next choice reads, (vocab,)."""
+    fed = r.pending
+    m = r.drafted
+    logits = head(hidden[i, col:col + m + 1])  # (m + 1, vocab): after the chosen token and each guess
+    kept = 0
+    while kept < m:
+        seq = r.seq + fed[:kept + 1]
+        if choose(b, logits[kept], seq) != fed[kept + 1]:
+            break
+        kept += 1
+    r.seq.extend(fed[:kept + 1])
+    r.sampled += kept
+    if kept < m:
+        attn[i, attn.shape[1] - len(fed) + kept + 1:] = 0  # the row's chunk ends the mask
+    stats.draft_tokens_fed += m
+    stats.draft_tokens_kept += kept
+    if hooks is not None and hooks.on_token is not None:
+        for t in fed[1:kept + 1]:
+            hooks.on_token(b, t)
+    r.pending, r.injecting, r.drafted = [], False, 0
+    return logits[kept]
 
 
 def _prompt_ids(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:

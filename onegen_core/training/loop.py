@@ -292,5 +292,9 @@ def train(
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     model.train_top_layers(cfg.trainable_layers)
+    if cfg.compile:
+        from onegen_core.training.compiled import compile_top_layers
+
+        compile_top_layers(model.lm, cfg.trainable_layers)
     ops = local_ops(model, make_optimizer(model, cfg), cfg)
     return run_steps(model, examples, lambda exs: collator(exs).to(device), cfg, ops, on_step=on_step)

@@ -1,0 +1,77 @@
+"""`train.compile`: the trainable layers run through torch.compile and compute what they compute eagerly
+(up to the rounding of fused kernels); the checkpoint is that of the plain modules; ZeRO-3 refuses it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from onegen_core.config import ConfigError, LossConfig, TinyBackboneConfig, load_params, parse_overrides
+from onegen_core.method.backbone import build_tiny_backbone
+from onegen_core.method.model import OneGenModel
+from onegen_core.training.compiled import compile_top_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lm():
+    cfg = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
+                             max_position_embeddings=128)
+    return build_tiny_backbone(cfg, 100, seed=0)
+
+
+def _loss_and_grads(model: OneGenModel, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict]:
+    model.zero_grad(set_to_none=True)
+    h = model.hidden_states(ids, mask)  # (rows, seq, dim)
+    loss = (h[mask.bool()] ** 2).mean()
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.slow
+def test_compiled_top_layers_compute_the_eager_values_and_keep_the_state_dict():
+    eager, compiled = OneGenModel(_lm(), LossConfig()), OneGenModel(_lm(), LossConfig())
+    for m in (eager, compiled):
+        m.train_top_layers(2)
+    keys = list(compiled.state_dict())
+    assert compile_top_layers(compiled.lm, 2) == 2
+    assert list(compiled.state_dict()) == keys  # compiled in place: the checkpoint's names do not change
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    g = torch.Generator().manual_seed(0)
+    # rows of several lengths, with padding and without, and a single row: the graphs a run meets
+    for rows, seq, pad in [(3, 11, 4), (2, 7, 0), (1, 9, 0), (4, 13, 6)]:
+        ids = torch.randint(0, 100, (rows, seq), generator=g)
+        mask = torch.ones(rows, seq, dtype=torch.long)
+        mask[0, seq - pad:] = 0
+        a, ga = _loss_and_grads(eager, ids, mask)
+        b, gb = _loss_and_grads(compiled, ids, mask)
+        assert b == pytest.approx(a, rel=1e-4)
+        assert ga.keys() == gb.keys() and ga  # the same parameters train
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+    with torch.no_grad():  # validation runs the compiled layers without gradients
+        ids = torch.randint(0, 100, (2, 6), generator=g)
+        mask = torch.ones_like(ids)
+        torch.testing.assert_close(compiled.hidden_states(ids, mask), eager.hidden_states(ids, mask),
+                                   rtol=1e-4, atol=1e-5)
+    assert torch._dynamo.config.recompile_limit >= 32
+    # the compiled layers did run as graphs (an eager fallback would pass the comparisons above too)
+    layers = compiled.lm.get_decoder().layers
+    assert [layer._compiled_call_impl is not None for layer in layers] == [False, True, True]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+
+
+def test_compile_is_on_in_the_cpu_default_and_off_where_zero3_runs():
+    from tasks.deepspeed_config import check_compile_support, load_ds_config
+
+    default = load_params(ROOT / "params.yaml")
+    assert default.train.compile
+    for profile in ("tiny", "paper-multihop-qwen2-1.5b", "paper-el-llama2-7b", "cpu-smollm2-135m"):
+        assert not load_params(ROOT / "params.yaml", parse_overrides([f"profile={profile}"])).train.compile, profile
+    zero3 = load_ds_config(ROOT / "infra/deepspeed/zero3.json")
+    check_compile_support(load_ds_config(ROOT / "infra/deepspeed/zero0.json"), default)
+    check_compile_support(zero3, load_params(ROOT / "params.yaml", parse_overrides(["profile=tiny"])))
+    with pytest.raises(ConfigError, match=r"train\.compile: true does not go with the ZeRO-3 config"):
+        check_compile_support(zero3, default)
