@@ -14,6 +14,9 @@ its [RQ] vectors over each question's own units is measured on the label stage's
 - `top4-fewer-docs`: top4 with at most 2 distractor paragraphs per question (fewer negative units);
 - `top4-bucketed`: top4 with length bucketing (`train.length_bucketing`).
 
+Every recipe runs eagerly (`train.compile` off: compilation would be a share of a short budget; its own gain
+on the default recipe is in docs/RESULTS.md, 2026-12-06 evening).
+
 Tokens/s counts real (non-padding) tokens of main and document rows per second of training, cache
 filling included; Recall@1 per minute is (after - before) / minutes trained. This machine is noisy and
 the recipes run one after another, so ratios between recipes carry the noise of a single run: figures
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         lm = copy.deepcopy(base)
         # a constant lr (no warm-up, no decay): the budget is wall-clock time, not a number of steps
         examples, cfg = train_ex, dataclasses.replace(t_cfg, trainable_layers=0, length_bucketing=False, epochs=1000,
-                                                      max_steps=0, warmup_ratio=0.0, min_lr_ratio=1.0)
+                                                      max_steps=0, warmup_ratio=0.0, min_lr_ratio=1.0,
+                                                      compile=False)
         if name == "lora":
             from onegen_core.method.lora import apply_lora
             from onegen_core.method.tokens import SPECIAL_TOKENS

@@ -387,7 +387,7 @@ class EvaluateConfig(_Section):
     sft_checkpoint: str = _f("", "an SFT-only (lambda_r = 0) checkpoint evaluated as generator with MiniLM retrieval; '' = none")
     batch_size: int = _f(8, "multi-hop: rows generated together", ge=1)
     el_batch_size: int = _f(8, "entity linking: windows generated together (they copy their text, so rows of one batch, sorted by length, run about as long)", ge=1)
-    el_draft_tokens: int = _f(0, "entity linking: tokens of the window's text guessed per pass and kept where the greedy choice agrees (same output, fewer passes; 0 = one token a pass)", ge=0, le=64)
+    el_draft_tokens: int = _f(0, "entity linking: tokens of the window's text guessed per pass and kept where the greedy choice agrees (the same output in float32, fewer passes; in bfloat16 the wider pass rounds differently and close decisions can move; 0 = one token a pass)", ge=0, le=64)
     out_dir: str = _f("reports/evaluate", "report.md, plots and per-example predictions (JSONL, ELEVANT JSONL)")
     metrics_path: str = _f("metrics/evaluate.json", "DVC metrics")
     log_mlflow: bool = _f(True, "log metrics and the report to the MLflow run that trained the checkpoint")

@@ -201,7 +201,7 @@ def read_history(path: Path) -> list[dict]:
 
 def run(p: Params) -> dict[str, Any]:
     t_start = time.perf_counter()
-    from tasks.deepspeed_config import check_compile_support, resolved_ds_config, validate
+    from tasks.deepspeed_config import check_compile_support, load_ds_config, resolved_ds_config, validate
 
     resume = p.distributed.resume_from
     resume_dir = ""
@@ -212,6 +212,8 @@ def run(p: Params) -> dict[str, Any]:
         from tasks.ray_worker import check_resume_trust
 
         check_resume_trust(resume_dir, p.distributed.storage_path, p.distributed.trust_resume)
+    # before anything is built: a setting the DeepSpeed config cannot run fails first
+    check_compile_support(load_ds_config(p.distributed.deepspeed_config), p)
     fingerprint = run_fingerprint(p)
     run_name = f"onegen-{fingerprint}"
     if resume == "never":
@@ -230,7 +232,6 @@ def run(p: Params) -> dict[str, Any]:
     hidden = load_config(init_dir).hidden_size
     ds_config = resolved_ds_config(p, p.distributed.num_workers, hidden)
     validate(ds_config, p.distributed.num_workers)
-    check_compile_support(ds_config, p)
 
     from tasks import tracking
 

@@ -30,6 +30,8 @@ def _loss_and_grads(model: OneGenModel, ids: torch.Tensor, mask: torch.Tensor) -
 
 
 @pytest.mark.slow
+# a layer past the recompile limit would fall back to eager silently and pass the comparisons below
+@torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
 def test_compiled_top_layers_compute_the_eager_values_and_keep_the_state_dict():
     eager, compiled = OneGenModel(_lm(), LossConfig()), OneGenModel(_lm(), LossConfig())
     for m in (eager, compiled):
@@ -68,10 +70,26 @@ def test_compile_is_on_in_the_cpu_default_and_off_where_zero3_runs():
 
     default = load_params(ROOT / "params.yaml")
     assert default.train.compile
-    for profile in ("tiny", "paper-multihop-qwen2-1.5b", "paper-el-llama2-7b", "cpu-smollm2-135m"):
-        assert not load_params(ROOT / "params.yaml", parse_overrides([f"profile={profile}"])).train.compile, profile
+    profiles = sorted(f.stem for f in (ROOT / "profiles").glob("*.yaml"))
+    assert len(profiles) >= 6
+    for profile in profiles:
+        p = load_params(ROOT / "params.yaml", parse_overrides([f"profile={profile}"]))
+        assert not p.train.compile, profile
+        check_compile_support(load_ds_config(ROOT / p.distributed.deepspeed_config), p)  # every profile runs as set
     zero3 = load_ds_config(ROOT / "infra/deepspeed/zero3.json")
     check_compile_support(load_ds_config(ROOT / "infra/deepspeed/zero0.json"), default)
     check_compile_support(zero3, load_params(ROOT / "params.yaml", parse_overrides(["profile=tiny"])))
     with pytest.raises(ConfigError, match=r"train\.compile: true does not go with the ZeRO-3 config"):
         check_compile_support(zero3, default)
+
+
+def test_the_train_stage_refuses_compile_with_zero3_before_building_anything(tmp_path, monkeypatch):
+    from tasks import train
+
+    monkeypatch.chdir(tmp_path)
+    p = load_params(ROOT / "params.yaml", parse_overrides([
+        "profile=tiny", "train.compile=true", f"distributed.deepspeed_config={ROOT / 'infra/deepspeed/zero3.json'}",
+        f"distributed.storage_path={tmp_path / 'ray'}", f"train_data.init_dir={tmp_path / 'init'}"]))
+    with pytest.raises(ConfigError, match=r"train\.compile: true does not go with the ZeRO-3 config"):
+        train.run(p)
+    assert list(tmp_path.iterdir()) == []  # no run directory, no initial backbone, no MLflow store

@@ -130,7 +130,9 @@ class CopyConstraint:
         if c < 0:  # inside a UTF-8 character: no text encoding starts here
             return []
         text = self.texts[row]
-        stop = min(len(text), c + 8 * (n + 1))  # enough characters for n tokens of any real text
+        # 8 characters a guess: enough for n tokens of ordinary text; text of longer tokens gets fewer guesses,
+        # which costs passes, never output
+        stop = min(len(text), c + 8 * (n + 1))
         ids = self.tokenizer(text[c:stop], add_special_tokens=False)["input_ids"]
         if stop < len(text):
             ids = ids[:-1]  # the last piece may be cut by the slice's end

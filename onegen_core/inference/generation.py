@@ -76,7 +76,9 @@ class RetrievalPolicy:
     # greedy decoding with a chooser that can guess what follows (`CopyConstraint.draft`: the text being
     # copied): feed the chosen token and up to this many guessed ones in one pass, keep the guesses the
     # greedy choice at each position agrees with, and mask the rest out of the cache. Same tokens as one
-    # token a pass (up to floating-point rounding of the wider pass), in fewer passes; 0 = off
+    # token a pass (up to floating-point rounding of the wider pass), in fewer passes; 0 = off. The kept guesses
+    # are not checked against `StreamHooks.should_stop` one by one (a stop takes effect after the pass, up to
+    # `draft_tokens` later), which is why serving leaves it off
     draft_tokens: int = 0
 
     def __post_init__(self) -> None:
