@@ -81,11 +81,16 @@ def resolved_ds_config(p: Params, world_size: int, hidden_size: int) -> dict[str
     return cfg
 
 
+def zero_stage(cfg: dict[str, Any]) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 when it names none)."""
+    return cfg.get("zero_optimization", {}).get("stage", 0)
+
+
 def check_compile_support(cfg: dict[str, Any], p: Params) -> None:
     """`train.compile` with a ZeRO-3 config is a `ConfigError`: ZeRO-3 gathers each layer's partitioned
     weights in module hooks that torch.compile does not trace."""
     from onegen_core.config import ConfigError
 
-    if p.train.compile and cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+    if p.train.compile and zero_stage(cfg) == 3:
         raise ConfigError(f"train.compile: true does not go with the ZeRO-3 config {p.distributed.deepspeed_config} "
                           "(distributed.deepspeed_config); set train.compile: false")

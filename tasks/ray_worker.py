@@ -79,6 +79,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         step_budget,
     )
     from onegen_core.training.schedule import lr_at
+    from tasks.deepspeed_config import zero_stage
 
     # INFO for our own loggers only: with the root at INFO, Ray Train v2 logs every `ray.train.report`
     # call ("Reporting training result N: TrainingReport(...)"), one line per step of the run
@@ -115,7 +116,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         log.info("rank %d: %d decoder layers run through torch.compile", rank,
                  compile_top_layers(lm, t_cfg.trainable_layers))
 
-    if p.lora.enabled and config["ds_config"].get("zero_optimization", {}).get("stage", 0) == 3:
+    if p.lora.enabled and zero_stage(config["ds_config"]) == 3:
         _register_token_adapter_weights(lm)
     optimizer = make_optimizer(model, t_cfg)
     # the lr of step s is lr_at(s): DeepSpeed steps this scheduler once per optimizer step

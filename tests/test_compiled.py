@@ -7,18 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from onegen_core.config import ConfigError, LossConfig, TinyBackboneConfig, load_params, parse_overrides
-from onegen_core.method.backbone import build_tiny_backbone
+from onegen_core.config import ConfigError, LossConfig, load_params, parse_overrides
 from onegen_core.method.model import OneGenModel
 from onegen_core.training.compiled import compile_top_layers
+from test_frozen_layers import lm_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lm():
-    cfg = TinyBackboneConfig(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
-                             max_position_embeddings=128)
-    return build_tiny_backbone(cfg, 100, seed=0)
+    return lm_of("qwen2", 100, layers=3)  # the frozen-layer tests' tiny model
 
 
 def _loss_and_grads(model: OneGenModel, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict]:
