@@ -59,6 +59,28 @@ def check_resume_trust(resume_dir: str, storage_path: str, trusted: bool) -> Non
                 "optimizer state is trusted", resume_dir, storage_path)
 
 
+def skip_shm_comm_op(world_size: int) -> bool:
+    """With one rank, keep DeepSpeed from building its shared-memory all-reduce op; True if it was kept.
+
+    On a CPU accelerator DeepSpeed's communication backend JIT-compiles that C++ op (`ShareMemCommBuilder`)
+    whenever it starts, whatever the world size: ~30 s of a fresh 2-core machine's `make run`, for an op
+    that has nothing to reduce with one process. Marking it incompatible in DeepSpeed's op table is what
+    DeepSpeed itself does on a machine that cannot build it (`build_shm_op` then returns None and every
+    collective goes through torch.distributed). With 2+ ranks it is built as usual: it speeds up CPU
+    all-reduce between ranks on one node. Accelerators without the builder (CUDA) are left alone.
+    """
+    if world_size != 1:
+        return False
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None:
+        return False
+    deepspeed.ops.__compatible_ops__[builder.NAME] = False
+    return True
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
@@ -123,6 +145,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total, t_cfg.lr, warmup, t_cfg.min_lr_ratio, t_cfg.schedule) / t_cfg.lr
     )
+    skip_shm_comm_op(world)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=config["ds_config"])
     zero3 = engine.zero_optimization_partition_weights()

@@ -194,6 +194,27 @@ def test_deepspeed_configs_validate_with_deepspeeds_parser():
         validate({**resolved_ds_config(load_params(ROOT / "params.yaml"), 2, 256), "train_batch_size": 3}, 2)
 
 
+def test_one_rank_skips_deepspeeds_shm_comm_op_build_and_two_ranks_keep_it(monkeypatch):
+    """DeepSpeed JIT-builds its shared-memory all-reduce op (~30 s cold) on a CPU accelerator whatever the
+    world size; one rank has nothing to reduce, so the build is skipped there, and only there."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.comm.torch import build_shm_op
+
+    from tasks.ray_worker import skip_shm_comm_op
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None:
+        pytest.skip("this accelerator has no shared-memory comm op")
+    table = dict(deepspeed.ops.__compatible_ops__)   # the test's own copy: the process's table is untouched
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", table)
+    before = dict(table)
+    assert skip_shm_comm_op(2) is False and table == before
+    assert skip_shm_comm_op(1) is True
+    assert table[builder.NAME] is False
+    assert build_shm_op() is None          # DeepSpeed's own check: no build, collectives via torch.distributed
+
+
 def test_rerunning_a_finished_run_resumes_it_instead_of_training_again(uninterrupted):
     """Same settings → same Ray run name → Ray restores the run's latest checkpoint (how an
     interrupted `dvc repro train` continues); a finished run has nothing left to do."""
