@@ -165,6 +165,53 @@ def test_drafted_copying_gives_the_same_tokens_in_fewer_passes(char_tokenizer, t
         RetrievalPolicy(draft_tokens=65)
 
 
+@pytest.mark.parametrize("max_new_tokens", [5, 12, 23])
+def test_drafting_respects_the_length_cap_and_streams_the_same_tokens(char_tokenizer, tiny_lm, max_new_tokens):
+    """Under a token cap that falls inside a run of guesses, drafting stops where one token a pass stops:
+    the same tokens, finish reasons and retrievals, and the streaming hooks see the same tokens in order
+    (kept guesses are reported as they enter the sequence, rejected ones never)."""
+    from onegen_core.inference.generation import EngineStats, StreamHooks
+
+    tiny_lm.eval()
+    texts = ["Paris and Berlin are cities of Europe", "Zürich – café at noon, then Lyon"]
+    prompts = [char_tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
+    ids = SpecialTokenIds.from_tokenizer(char_tokenizer)
+    rng = np.random.default_rng(1)
+    records = [UnitRecord(q, q, q, q, q) for q in ("Q1", "Q2")]
+    index = ExactIndex(records, rng.normal(size=(2, tiny_lm.config.hidden_size)), "ck")
+
+    def run(draft: int):
+        chooser = CopyConstraint(char_tokenizer, texts, [len(p) for p in prompts])
+
+        class Biased:
+            def __call__(self, row, logits, seq):
+                logits = logits.clone()
+                logits[ids[MENTION_OPEN]] += 4.0
+                logits[ids[MENTION_CLOSE]] += 3.0
+                return chooser(row, logits, seq)
+
+            def draft(self, row, seq, n):
+                return chooser.draft(row, seq, n)
+
+        streamed: dict[int, list[int]] = {0: [], 1: []}
+        hooks = StreamHooks(on_token=lambda b, t: streamed[b].append(t))
+        stats = EngineStats()
+        policy = RetrievalPolicy(mode="link", max_new_tokens=max_new_tokens, max_retrievals=50, draft_tokens=draft)
+        res = generate(tiny_lm, char_tokenizer, prompts, index, policy, choose=Biased(), stats=stats, hooks=hooks)
+        return res, streamed, stats
+
+    plain, s_plain, st0 = run(0)
+    drafted, s_drafted, st8 = run(8)
+    assert st8.draft_tokens_fed > 0 and st8.forward_passes < st0.forward_passes
+    for b, (a, d) in enumerate(zip(plain, drafted)):
+        assert a.finish_reason == d.finish_reason == "length"
+        assert d.token_ids == a.token_ids
+        assert [(e.position, e.ids) for e in a.retrievals] == [(e.position, e.ids) for e in d.retrievals]
+        assert s_drafted[b] == s_plain[b]
+        # sampled tokens never exceed the cap: the only extra tokens are the [CON] fed after each [RQ]
+        assert len(d.token_ids) - len(d.retrievals) <= max_new_tokens
+
+
 def test_score_linking_follows_inkb_rules():
     preds = {"toy/7": [PredictedMention(0, 5, "Q90"), PredictedMention(10, 16, "Q1"),  # optional: ignored
                        PredictedMention(21, 26, "Q5"), PredictedMention(17, 20, "Q7"),
