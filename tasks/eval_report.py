@@ -29,13 +29,23 @@ def multihop_table(result: dict) -> list[str]:
     return lines
 
 
+def _linking_pass_line(el: dict) -> list[str]:
+    lp = el.get("linking_pass")  # absent from metrics written before it was recorded
+    if not lp or lp.get("forward_passes") is None:
+        return []
+    fed, kept = lp.get("draft_tokens_fed") or 0, lp.get("draft_tokens_kept") or 0
+    copy = f"; speculative copy kept {kept:,} of {fed:,} guessed tokens" if fed else ""
+    return [f"Linking (MD+EL): {lp['forward_passes']:,} forward passes, {lp['searches']:,} searches in "
+            f"{lp['seconds']} s{copy}."]
+
+
 def el_table(result: dict) -> list[str]:
     el = result.get("entity_linking") or {}
     if not el:
         return ["(no entity-linking benchmark evaluated)"]
     lines = [f"{el['articles']} articles in {el['windows']} windows, {el['gold_mentions']} InKB gold mentions; "
              f"windows by finish reason: {el['windows_by_finish_reason']}; ED mentions cut by max length: "
-             f"{el['ed_mentions_truncated']}.", "",
+             f"{el['ed_mentions_truncated']}.", *_linking_pass_line(el), "",
              "| benchmark | system | task | P | R | F1 | tp | fp | fn |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, buckets in el["systems"].items():
         for bucket, tasks_ in sorted(buckets.items(), key=lambda kv: (kv[0] != "all", kv[0])):

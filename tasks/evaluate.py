@@ -235,6 +235,9 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
     link_preds = _mentions_from_json(linked["predictions"])
     scores = score_linking(articles, link_preds)
     result["windows_by_finish_reason"] = linked["finish"]
+    # what the linking pass cost, and how much of the speculative copy's guessing was kept
+    result["linking_pass"] = {k: linked.get(k) for k in ("forward_passes", "searches", "draft_tokens_fed",
+                                                          "draft_tokens_kept", "seconds")}
 
     ed = cache.get("el.ed.onegen")
     if ed is None:

@@ -73,6 +73,9 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch, char_tokenizer, tiny_l
     el = metrics["entity_linking"]
     assert el["articles"] == 2 and el["gold_mentions"] > 0
     assert sum(el["windows_by_finish_reason"].values()) == el["windows"]
+    lp = el["linking_pass"]
+    assert lp["forward_passes"] > 0 and lp["searches"] >= 0 and 0 <= lp["draft_tokens_kept"] <= lp["draft_tokens_fed"]
+    assert f"{lp['forward_passes']:,} forward passes" in (tmp_path / "report" / "report.md").read_text()
     onegen = el["systems"]["onegen"]["all"]
     assert set(onegen) == {"md", "el", "ed"} and onegen["ed"]["tp"] + onegen["ed"]["fn"] == el["gold_mentions"]
     assert {"bm25", "minilm"} <= set(el["systems"])
