@@ -63,6 +63,48 @@ def test_compiled_top_layers_compute_the_eager_values_and_keep_the_state_dict():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
 
 
+@pytest.mark.slow
+@torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+def test_compiled_lora_layers_compute_the_eager_values_and_merge_to_the_same_checkpoint():
+    """`lora.enabled` with `train.compile`: the peft-wrapped layers (adapters on every linear, the OneGen
+    token rows trainable) compile, give the eager loss and gradients, and merge into the same plain model."""
+    from onegen_core.config import LoraSettings
+    from onegen_core.method.lora import apply_lora, merged
+
+    def lora_lm():
+        return apply_lora(_lm(), LoraSettings(enabled=True, dropout=0.0), [97, 98, 99])
+
+    eager_lm, compiled_lm = lora_lm(), lora_lm()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero B matrices, so the adapters change the output and get A gradients
+        for n, prm in eager_lm.named_parameters():
+            if "lora_B" in n:
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.02)
+    compiled_lm.load_state_dict(eager_lm.state_dict())
+    assert compile_top_layers(compiled_lm, 0) == 3
+    eager, compiled = OneGenModel(eager_lm, LossConfig()), OneGenModel(compiled_lm, LossConfig())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for rows, seq, pad in [(3, 11, 4), (2, 7, 0), (1, 9, 0)]:
+        ids = torch.randint(0, 100, (rows, seq), generator=g)
+        mask = torch.ones(rows, seq, dtype=torch.long)
+        mask[0, seq - pad:] = 0
+        a, ga = _loss_and_grads(eager, ids, mask)
+        b, gb = _loss_and_grads(compiled, ids, mask)
+        assert b == pytest.approx(a, rel=1e-4)
+        assert ga.keys() == gb.keys()
+        assert any("lora_A" in n for n in ga) and any("trainable_tokens" in n for n in ga)
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    plain_eager, plain_compiled = merged(eager_lm), merged(compiled_lm)
+    assert list(plain_compiled.state_dict()) == list(plain_eager.state_dict())
+    assert not any("lora" in k for k in plain_compiled.state_dict())
+    with torch.no_grad():
+        ids = torch.randint(0, 100, (2, 6), generator=g)
+        torch.testing.assert_close(plain_compiled(ids).logits, plain_eager(ids).logits, rtol=1e-4, atol=1e-5)
+
+
 def test_compile_is_on_in_the_cpu_default_and_off_where_zero3_runs():
     from tasks.deepspeed_config import check_compile_support, load_ds_config
 

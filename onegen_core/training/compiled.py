@@ -12,6 +12,8 @@ Only the trainable layers: the frozen ones run once per sequence (their output i
 9 s of compilation). `dynamic=True` because every batch has its own sequence length: one graph for all
 lengths instead of a recompilation per length. The weights, the state dict and the checkpoint are those
 of the uncompiled modules (`nn.Module.compile` compiles in place), so inference loads them as usual.
+Under LoRA (`lora.enabled`) the peft-wrapped layers compile the same way and merge into the same plain
+checkpoint (tests/test_compiled.py); ZeRO-3 is refused (`tasks.deepspeed_config.check_compile_support`).
 """
 from __future__ import annotations
 
