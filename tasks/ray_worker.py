@@ -60,7 +60,8 @@ def check_resume_trust(resume_dir: str, storage_path: str, trusted: bool) -> Non
 
 
 def skip_shm_comm_op(world_size: int) -> bool:
-    """With one rank, keep DeepSpeed from building its shared-memory all-reduce op; True if it was kept.
+    """With one rank, keep DeepSpeed from building its shared-memory all-reduce op; True if the build
+    is now skipped.
 
     On a CPU accelerator DeepSpeed's communication backend JIT-compiles that C++ op (`ShareMemCommBuilder`)
     whenever it starts, whatever the world size: ~30 s of a fresh 2-core machine's `make run`, for an op

@@ -27,6 +27,25 @@ def _loss_and_grads(model: OneGenModel, ids: torch.Tensor, mask: torch.Tensor) -
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _assert_trains_like_eager(eager: OneGenModel, compiled: OneGenModel, shapes: list[tuple[int, int, int]],
+                              g: torch.Generator) -> list[set[str]]:
+    """Batches of (rows, seq, padding of row 0): the compiled model's loss and gradients are the eager
+    model's within rounding. Returns, per batch, the names of the parameters that got a gradient."""
+    trained = []
+    for rows, seq, pad in shapes:
+        ids = torch.randint(0, 100, (rows, seq), generator=g)
+        mask = torch.ones(rows, seq, dtype=torch.long)
+        mask[0, seq - pad:] = 0
+        a, ga = _loss_and_grads(eager, ids, mask)
+        b, gb = _loss_and_grads(compiled, ids, mask)
+        assert b == pytest.approx(a, rel=1e-4)
+        assert ga.keys() == gb.keys() and ga  # the same parameters train
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+        trained.append(set(ga))
+    return trained
+
+
 @pytest.mark.slow
 # a layer past the recompile limit would fall back to eager silently and pass the comparisons below
 @torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
@@ -41,16 +60,7 @@ def test_compiled_top_layers_compute_the_eager_values_and_keep_the_state_dict():
     torch._dynamo.utils.counters.clear()
     g = torch.Generator().manual_seed(0)
     # rows of several lengths, with padding and without, and a single row: the graphs a run meets
-    for rows, seq, pad in [(3, 11, 4), (2, 7, 0), (1, 9, 0), (4, 13, 6)]:
-        ids = torch.randint(0, 100, (rows, seq), generator=g)
-        mask = torch.ones(rows, seq, dtype=torch.long)
-        mask[0, seq - pad:] = 0
-        a, ga = _loss_and_grads(eager, ids, mask)
-        b, gb = _loss_and_grads(compiled, ids, mask)
-        assert b == pytest.approx(a, rel=1e-4)
-        assert ga.keys() == gb.keys() and ga  # the same parameters train
-        for n in ga:
-            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+    _assert_trains_like_eager(eager, compiled, [(3, 11, 4), (2, 7, 0), (1, 9, 0), (4, 13, 6)], g)
     with torch.no_grad():  # validation runs the compiled layers without gradients
         ids = torch.randint(0, 100, (2, 6), generator=g)
         mask = torch.ones_like(ids)
@@ -85,17 +95,8 @@ def test_compiled_lora_layers_compute_the_eager_values_and_merge_to_the_same_che
     eager, compiled = OneGenModel(eager_lm, LossConfig()), OneGenModel(compiled_lm, LossConfig())
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    for rows, seq, pad in [(3, 11, 4), (2, 7, 0), (1, 9, 0)]:
-        ids = torch.randint(0, 100, (rows, seq), generator=g)
-        mask = torch.ones(rows, seq, dtype=torch.long)
-        mask[0, seq - pad:] = 0
-        a, ga = _loss_and_grads(eager, ids, mask)
-        b, gb = _loss_and_grads(compiled, ids, mask)
-        assert b == pytest.approx(a, rel=1e-4)
-        assert ga.keys() == gb.keys()
-        assert any("lora_A" in n for n in ga) and any("trainable_tokens" in n for n in ga)
-        for n in ga:
-            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+    for names in _assert_trains_like_eager(eager, compiled, [(3, 11, 4), (2, 7, 0), (1, 9, 0)], g):
+        assert any("lora_A" in n for n in names) and any("trainable_tokens" in n for n in names)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     plain_eager, plain_compiled = merged(eager_lm), merged(compiled_lm)
     assert list(plain_compiled.state_dict()) == list(plain_eager.state_dict())

@@ -121,35 +121,41 @@ def test_constrained_generation_copies_exactly(char_tokenizer, tiny_lm):
             assert f"{MENTION_OPEN}{t[s:e]}{MENTION_CLOSE}" in r.text
 
 
+def _biased_link_run(lm, tokenizer, texts: list[str], index, draft: int, max_new_tokens: int, hooks=None):
+    """Constrained linking of `texts` with a chooser that opens mentions at some word starts (so guesses
+    get rejected there) and drafts from the text; returns (results, EngineStats)."""
+    from onegen_core.inference.generation import EngineStats
+
+    prompts = [tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
+    ids = SpecialTokenIds.from_tokenizer(tokenizer)
+    chooser = CopyConstraint(tokenizer, texts, [len(p) for p in prompts])
+
+    class Biased:
+        def __call__(self, row, logits, seq):
+            logits = logits.clone()
+            logits[ids[MENTION_OPEN]] += 4.0
+            logits[ids[MENTION_CLOSE]] += 3.0
+            return chooser(row, logits, seq)
+
+        def draft(self, row, seq, n):
+            return chooser.draft(row, seq, n)
+
+    stats = EngineStats()
+    policy = RetrievalPolicy(mode="link", max_new_tokens=max_new_tokens, max_retrievals=50, draft_tokens=draft)
+    return generate(lm, tokenizer, prompts, index, policy, choose=Biased(), stats=stats, hooks=hooks), stats
+
+
 def test_drafted_copying_gives_the_same_tokens_in_fewer_passes(char_tokenizer, tiny_lm):
     """Feeding the text's next tokens as guesses and keeping those the greedy choice agrees with yields the
     very tokens, mentions and retrievals of one token a pass; rejected guesses leave no trace."""
-    from onegen_core.inference.generation import EngineStats
-
     tiny_lm.eval()
     texts = ["Paris and Berlin are cities of Europe", "Rome", "Zürich – café at noon, then Lyon"]
-    prompts = [char_tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
-    ids = SpecialTokenIds.from_tokenizer(char_tokenizer)
     rng = np.random.default_rng(0)
     records = [UnitRecord(q, q, q, q, q) for q in ("Q1", "Q2", "Q3")]
     index = ExactIndex(records, rng.normal(size=(3, tiny_lm.config.hidden_size)), "ck")
 
     def run(draft: int):
-        chooser = CopyConstraint(char_tokenizer, texts, [len(p) for p in prompts])
-
-        class Biased:  # opens mentions at some word starts, so guesses get rejected there
-            def __call__(self, row, logits, seq):
-                logits = logits.clone()
-                logits[ids[MENTION_OPEN]] += 4.0
-                logits[ids[MENTION_CLOSE]] += 3.0
-                return chooser(row, logits, seq)
-
-            def draft(self, row, seq, n):
-                return chooser.draft(row, seq, n)
-
-        stats = EngineStats()
-        policy = RetrievalPolicy(mode="link", max_new_tokens=200, max_retrievals=50, draft_tokens=draft)
-        return generate(tiny_lm, char_tokenizer, prompts, index, policy, choose=Biased(), stats=stats), stats
+        return _biased_link_run(tiny_lm, char_tokenizer, texts, index, draft, max_new_tokens=200)
 
     plain, s0 = run(0)
     drafted, s6 = run(6)
@@ -170,34 +176,18 @@ def test_drafting_respects_the_length_cap_and_streams_the_same_tokens(char_token
     """Under a token cap that falls inside a run of guesses, drafting stops where one token a pass stops:
     the same tokens, finish reasons and retrievals, and the streaming hooks see the same tokens in order
     (kept guesses are reported as they enter the sequence, rejected ones never)."""
-    from onegen_core.inference.generation import EngineStats, StreamHooks
+    from onegen_core.inference.generation import StreamHooks
 
     tiny_lm.eval()
     texts = ["Paris and Berlin are cities of Europe", "Zürich – café at noon, then Lyon"]
-    prompts = [char_tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in texts]
-    ids = SpecialTokenIds.from_tokenizer(char_tokenizer)
     rng = np.random.default_rng(1)
     records = [UnitRecord(q, q, q, q, q) for q in ("Q1", "Q2")]
     index = ExactIndex(records, rng.normal(size=(2, tiny_lm.config.hidden_size)), "ck")
 
     def run(draft: int):
-        chooser = CopyConstraint(char_tokenizer, texts, [len(p) for p in prompts])
-
-        class Biased:
-            def __call__(self, row, logits, seq):
-                logits = logits.clone()
-                logits[ids[MENTION_OPEN]] += 4.0
-                logits[ids[MENTION_CLOSE]] += 3.0
-                return chooser(row, logits, seq)
-
-            def draft(self, row, seq, n):
-                return chooser.draft(row, seq, n)
-
         streamed: dict[int, list[int]] = {0: [], 1: []}
         hooks = StreamHooks(on_token=lambda b, t: streamed[b].append(t))
-        stats = EngineStats()
-        policy = RetrievalPolicy(mode="link", max_new_tokens=max_new_tokens, max_retrievals=50, draft_tokens=draft)
-        res = generate(tiny_lm, char_tokenizer, prompts, index, policy, choose=Biased(), stats=stats, hooks=hooks)
+        res, stats = _biased_link_run(tiny_lm, char_tokenizer, texts, index, draft, max_new_tokens, hooks)
         return res, streamed, stats
 
     plain, s_plain, st0 = run(0)
