@@ -22,7 +22,7 @@ install: $(STAMP)
 # prepare → annotate → label → train → encode → evaluate through DVC (unchanged stages are skipped)
 run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 dvc repro evaluate
-	$(VENV)/bin/python -m tasks.summary
+	$(VENV)/bin/python -m tasks.report.headline
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q

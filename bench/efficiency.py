@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.set_grad_enabled(False)
-    from tasks.baselines import MiniLMEncoder
+    from tasks.adapters.baselines import MiniLMEncoder
 
     t_all = time.perf_counter()
     params = load_params(args.params)

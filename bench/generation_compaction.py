@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from onegen_core.config import BackboneConfig, load_params, parse_overrides
-from onegen_core.evaluation.linking import link_windows, windows_of
-from onegen_core.evaluation.multihop import evaluate_multihop
+from onegen_core.evaluation.linking import held_out_articles, link_windows, windows_of
+from onegen_core.evaluation.multihop import evaluate_multihop, held_out_questions
 from onegen_core.inference.generation import EngineStats, RetrievalPolicy
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.precision import resolve_inference_dtype
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rounds < 1 or args.questions < 0 or args.windows < 0 or args.questions + args.windows == 0:
         raise SystemExit("--rounds must be >= 1, and --questions/--windows >= 0, not both 0")
     torch.set_num_threads(args.threads)
-    from tasks.evaluate import _el_articles, _load_records
-    from tasks.lance_index import LanceIndex
+    from tasks.adapters.lance_index import LanceIndex
 
     p = load_params(args.params, parse_overrides(args.set))
     cfg = p.evaluate
@@ -77,11 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.questions:
         units = LanceIndex(cfg.index_uri, cfg.units_table)
         unit_doc = {r.id: r.doc_id for r in units.records()}.get
-        records = _load_records(cfg.hotpotqa, args.questions, "hotpotqa")
+        records = held_out_questions(cfg.hotpotqa, "hotpotqa", args.questions)
         work["multihop"] = lambda c: _multihop(lm, tok, records, units, unit_doc, cfg, ck, c)
     if args.windows:
         kb = LanceIndex(cfg.index_uri, cfg.kb_table)
-        windows = windows_of(_el_articles(p), cfg.el_max_chars)
+        articles = held_out_articles(cfg.elevant, cfg.el_benchmarks, cfg.max_articles,
+                                     Path(p.prepare.out_dir) / "el_split.json")
+        windows = windows_of(articles, cfg.el_max_chars)
         step = max(1, len(windows) // args.windows)  # spread over the benchmarks and window lengths
         windows = windows[::step][:args.windows]
         work["entity_linking"] = lambda c: _linking(lm, tok, windows, kb, cfg, ck, c)

@@ -24,7 +24,7 @@ from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
-from tasks.baselines import BM25Index, MiniLMEncoder
+from tasks.adapters.baselines import BM25Index, MiniLMEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

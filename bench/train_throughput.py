@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from onegen_core.config import LoraSettings, load_params, parse_overrides
+from onegen_core.data.atomic_write import write_text_atomic
 from onegen_core.evaluation.retrieval import retrieval_recall
 from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
@@ -76,7 +77,7 @@ def fewer_docs(ex: TrainingExample, keep_distractors: int) -> TrainingExample:
     return dataclasses.replace(ex, documents=tuple(docs), queries=queries)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
@@ -86,7 +87,79 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-examples", type=int, default=32, help="multi-hop validation examples")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "metrics"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def validation_recall(model: OneGenModel, collator: OneGenCollator, val_ex: list[TrainingExample], t_cfg) -> float:
+    """Teacher-forced Recall@1 of the [RQ] vectors on the validation examples; the model is left training."""
+    model.eval()
+    with compute_precision(t_cfg.autocast):
+        r = retrieval_recall(model, collator, val_ex, batch_size=t_cfg.batch_size)
+    model.train()
+    return r["recall_at_1"]
+
+
+def recipe_model(name: str, base, p, ids: dict[str, int], train_ex: list[TrainingExample]):
+    """(model, train settings, examples) of one recipe, on a copy of `base`. A constant lr (no warm-up, no
+    decay): the budget is wall-clock time, not a number of steps."""
+    lm = copy.deepcopy(base)
+    examples, cfg = train_ex, dataclasses.replace(p.train, trainable_layers=0, length_bucketing=False, epochs=1000,
+                                                  max_steps=0, warmup_ratio=0.0, min_lr_ratio=1.0, compile=False)
+    if name == "lora":
+        from onegen_core.method.lora import apply_lora
+        from onegen_core.method.tokens import SPECIAL_TOKENS
+
+        lm = apply_lora(lm, LoraSettings(enabled=True), [ids[t] for t in SPECIAL_TOKENS])
+    model = OneGenModel(lm, p.loss)
+    if name.startswith("top"):
+        k = int(name[3])
+        cfg = dataclasses.replace(cfg, trainable_layers=k, length_bucketing=name.endswith("bucketed"))
+        model.train_top_layers(k, autocast_dtype(cfg.autocast))
+    if name.endswith("fewer-docs"):
+        examples = [fewer_docs(e, 2) if e.task == "multihop" else e for e in train_ex]
+    model.train()
+    return model, cfg, examples
+
+
+def train_for(model: OneGenModel, examples: list[TrainingExample], collator: OneGenCollator, cfg,
+              seconds: float) -> tuple[list, int, float]:
+    """Train until `seconds` of wall clock have passed: (step metrics, real tokens, seconds trained)."""
+    ops = local_ops(model, make_optimizer(model, cfg), cfg)
+    start = time.perf_counter()
+    steps, tokens = [], [0]
+
+    def on_step(m):
+        steps.append(m)
+        tokens[0] += m.tokens
+        if time.perf_counter() - start > seconds:
+            raise _OutOfTime
+
+    try:
+        run_steps(model, examples, collator, cfg, StepOps(ops.backward, ops.step), on_step=on_step)
+    except _OutOfTime:
+        pass
+    return steps, tokens[0], time.perf_counter() - start
+
+
+def recipe_result(model: OneGenModel, steps: list, tokens: int, seconds: float, before: float, after: float) -> dict:
+    r = {
+        "steps": len(steps), "seconds": round(seconds, 1), "tokens": tokens,
+        "tokens_per_s": tokens / seconds, "recall_at_1_before": before, "recall_at_1_after": after,
+        "recall_at_1_gain_per_minute": (after - before) / (seconds / 60),
+        "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "lm_loss_last": steps[-1].lm_loss if steps else float("nan"),
+        "retrieval_loss_last": steps[-1].retrieval_loss if steps else float("nan"),
+        "cache_sequences": len(model.lower_cache) if model.lower_cache else 0,
+    }
+    # the spread of one recipe's steps: the first epoch of a top-K recipe also fills the frozen layers'
+    # cache, so its steps are slower by design; the quartiles say how much a step varies on this machine
+    rates = sorted(m.tokens_per_s for m in steps)
+    r["step_tokens_per_s_quartiles"] = [round(quantile(rates, q), 1) for q in (0.25, 0.5, 0.75)] if rates else []
+    return r
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _args(argv)
     torch.set_num_threads(args.threads)
     p = load_params(args.params, parse_overrides(args.set))
     t_cfg = p.train
@@ -98,74 +171,22 @@ def main(argv: list[str] | None = None) -> dict:
     col = OneGenCollator(tok, t_cfg.max_length, t_cfg.max_doc_length, p.loss.share_negatives)
     eval_col = OneGenCollator(tok, t_cfg.max_length, t_cfg.max_doc_length, share_negatives=False)
 
-    def recall(model: OneGenModel) -> float:
-        model.eval()
-        with compute_precision(t_cfg.autocast):
-            r = retrieval_recall(model, eval_col, val_ex, batch_size=t_cfg.batch_size)
-        model.train()
-        return r["recall_at_1"]
-
     t0 = time.perf_counter()
-    before = recall(OneGenModel(base, p.loss))
+    before = validation_recall(OneGenModel(base, p.loss), eval_col, val_ex, t_cfg)
     print(f"untrained: validation Recall@1 {before:.3f} ({len(val_ex)} examples, {time.perf_counter() - t0:.0f} s)",
           flush=True)
     results: dict[str, dict] = {}
     for name in args.recipes:
-        lm = copy.deepcopy(base)
-        # a constant lr (no warm-up, no decay): the budget is wall-clock time, not a number of steps
-        examples, cfg = train_ex, dataclasses.replace(t_cfg, trainable_layers=0, length_bucketing=False, epochs=1000,
-                                                      max_steps=0, warmup_ratio=0.0, min_lr_ratio=1.0,
-                                                      compile=False)
-        if name == "lora":
-            from onegen_core.method.lora import apply_lora
-            from onegen_core.method.tokens import SPECIAL_TOKENS
-
-            lm = apply_lora(lm, LoraSettings(enabled=True), [ids[t] for t in SPECIAL_TOKENS])
-        model = OneGenModel(lm, p.loss)
-        if name.startswith("top"):
-            k = int(name[3])
-            cfg = dataclasses.replace(cfg, trainable_layers=k, length_bucketing=name.endswith("bucketed"))
-            model.train_top_layers(k, autocast_dtype(cfg.autocast))
-        if name.endswith("fewer-docs"):
-            examples = [fewer_docs(e, 2) if e.task == "multihop" else e for e in train_ex]
-        model.train()
-        ops = local_ops(model, make_optimizer(model, cfg), cfg)
-        budget = args.minutes * 60
-        start = time.perf_counter()
-        steps, tokens = [], [0]
-
-        def on_step(m, steps=steps, tokens=tokens, start=start, budget=budget):
-            steps.append(m)
-            tokens[0] += m.tokens
-            if time.perf_counter() - start > budget:
-                raise _OutOfTime
-
-        try:
-            run_steps(model, examples, col, cfg, StepOps(ops.backward, ops.step), on_step=on_step)
-        except _OutOfTime:
-            pass
-        seconds = time.perf_counter() - start
-        after = recall(model)
-        results[name] = {
-            "steps": len(steps), "seconds": round(seconds, 1), "tokens": tokens[0],
-            "tokens_per_s": tokens[0] / seconds, "recall_at_1_before": before, "recall_at_1_after": after,
-            "recall_at_1_gain_per_minute": (after - before) / (seconds / 60),
-            "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
-            "lm_loss_last": steps[-1].lm_loss if steps else float("nan"),
-            "retrieval_loss_last": steps[-1].retrieval_loss if steps else float("nan"),
-            "cache_sequences": len(model.lower_cache) if model.lower_cache else 0,
-        }
-        # the spread of one recipe's steps: the first epoch of a top-K recipe also fills the frozen layers'
-        # cache, so its steps are slower by design; the quartiles say how much a step varies on this machine
-        rates = sorted(m.tokens_per_s for m in steps)
-        results[name]["step_tokens_per_s_quartiles"] = [round(quantile(rates, q), 1) for q in (0.25, 0.5, 0.75)] if rates else []
-        r = results[name]
+        model, cfg, examples = recipe_model(name, base, p, ids, train_ex)
+        steps, tokens, seconds = train_for(model, examples, col, cfg, args.minutes * 60)
+        r = results[name] = recipe_result(model, steps, tokens, seconds, before,
+                                          validation_recall(model, eval_col, val_ex, t_cfg))
         q = r["step_tokens_per_s_quartiles"] or [float("nan")] * 3
         print(f"{name:>16}: {r['steps']:4d} steps in {r['seconds']:.0f} s, {r['tokens_per_s']:7.0f} tokens/s "
               f"(per step: median {q[1]:.0f}, quartiles {q[0]:.0f}-{q[2]:.0f}), "
-              f"Recall@1 {before:.3f} -> {after:.3f} ({r['recall_at_1_gain_per_minute']:+.4f}/min), "
+              f"Recall@1 {before:.3f} -> {r['recall_at_1_after']:.3f} ({r['recall_at_1_gain_per_minute']:+.4f}/min), "
               f"{r['trainable_parameters'] / 1e6:.1f}M trainable", flush=True)
-        del model, lm
+        del model
     ref = results.get("full")
     if ref:
         print("tokens/s over full fine-tuning (the same run):", ", ".join(
@@ -176,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "minutes_per_recipe": args.minutes,
            "train_examples": len(train_ex), "validation_examples": len(val_ex), "batch_size": t_cfg.batch_size,
            "loss": p.loss.kind, "lr": t_cfg.lr, "threads": args.threads, "recipes": results}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "train_throughput.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_text_atomic(Path(args.out) / "train_throughput.json", json.dumps(out, indent=2) + "\n")
     return out
 
 

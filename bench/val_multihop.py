@@ -51,7 +51,7 @@ def validation_multihop(p) -> list:
 
 def baseline_scores(queries: list[HopQuery], records: list) -> dict[str, np.ndarray]:
     """(n_queries, n_units) scores of MiniLM (cosine of mean-pooled vectors) and BM25 over `records`."""
-    from tasks.baselines import BM25Index, MiniLMEncoder
+    from tasks.adapters.baselines import BM25Index, MiniLMEncoder
 
     texts = [q.text for q in queries]
     enc = MiniLMEncoder()

@@ -14,36 +14,23 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (
-    STAGE_RETRIES,
-    STAGES,
-    FlowError,
-    git_head,
-    headline_metrics,
-    load_project_params,
-    merged_overrides,
-    open_run,
-    project_root,
-    read_json,
-    refuse_secrets,
-    run_dvc_stage,
-    secret_values,
-    stage_chain,
-    write_overrides,
-)
-from tasks import tracking
+from flows.dvc_stages import STAGE_RETRIES, STAGES, run_dvc_stage, stage_chain
+from flows.params_file import merged_overrides, write_overrides
+from flows.project import FlowError, git_head, load_project_params, project_root
+from flows.redaction import refuse_secrets, secret_values
+from flows.run_tracking import FlowRun, headline_metrics, open_run, read_json
+from tasks.adapters import tracking
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE)
 def dvc_stage(stage: str, project_dir: str, parent_run_id: str, tags: dict[str, str]) -> str:
     """One pipeline stage through DVC: 'skipped' when up to date, else `dvc repro <stage>` -> 'ran'."""
-    from pathlib import Path
-
     return run_dvc_stage(Path(project_dir), stage, get_run_logger(), tracking.caller_env(parent_run_id, tags))
 
 
@@ -88,35 +75,43 @@ def full_repro(profile: str | None = None, overrides: dict[str, Any] | None = No
     info = _flow_run_info()
     tags = {"onegen.kind": "full-repro", "onegen.project": str(root), "onegen.profile": p.profile or "embedded-default",
             "git.commit": git_head(root) or "unknown", **info}
-    client, uri, exp_id, parent = open_run(
-        root, p, f"full-repro-{time.strftime('%Y%m%d-%H%M%S')}", tags,
-        {"profile": p.profile, "overrides": ov, "stages": stages, "project_dir": str(root)})
-    log.info("MLflow parent run %s (experiment %r at %s)", parent, p.mlflow.experiment, uri)
+    run = open_run(root, p, f"full-repro-{time.strftime('%Y%m%d-%H%M%S')}", tags,
+                   {"profile": p.profile, "overrides": ov, "stages": stages, "project_dir": str(root)})
+    log.info("MLflow parent run %s (experiment %r at %s)", run.run_id, p.mlflow.experiment, run.tracking_uri)
     child_tags = {"onegen.flow": "full-repro", **{k: v for k, v in info.items() if k == "prefect.flow_run_id" and v}}
-    statuses: dict[str, str] = {}
-    try:
-        for stage in stages:
-            statuses[stage] = stage_task(stage)(stage, str(root), parent, child_tags)
-            client.set_tag(parent, f"onegen.stage.{stage}", statuses[stage])
-        train = read_json(root / p.train_data.metrics_path) or {}
-        if train.get("mlflow_run_id"):
-            client.set_tag(parent, "onegen.train_run_id", train["mlflow_run_id"])
-        metrics = headline_metrics(root, p)
-        tracking.log_metrics(client, parent, metrics)
-    except BaseException:
-        client.set_terminated(parent, status="FAILED")
-        raise
-    client.set_terminated(parent, status="FINISHED")
+    statuses, train_run_id, metrics = run_stages(run, root, p, stages, child_tags)
     ran = [s for s in stages if statuses[s] == "ran"]
     skipped = [s for s in stages if statuses[s] == "skipped"]
     log.info("stages ran: %s; skipped (unchanged): %s", ", ".join(ran) or "none", ", ".join(skipped) or "none")
     for k in sorted(metrics):
         log.info("  %s = %.4g", k, metrics[k])
-    where = tracking.run_location(uri, exp_id, parent)
+    where = run.location()
     log.info("MLflow: %s", where)
-    return {"stages": statuses, "mlflow": {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
-                                           "train_run_id": train.get("mlflow_run_id", ""), "where": where},
+    return {"stages": statuses, "mlflow": {"tracking_uri": run.tracking_uri, "experiment_id": run.experiment_id,
+                                           "parent_run_id": run.run_id, "train_run_id": train_run_id, "where": where},
             "metrics": metrics}
+
+
+def run_stages(run: FlowRun, root: Path, p, stages: list[str],
+               child_tags: dict[str, str]) -> tuple[dict[str, str], str, dict[str, float]]:
+    """Each stage in order as its task, its outcome tagged on the parent run, then the headline metrics
+    logged there; the parent ends FINISHED, or FAILED with whatever stopped the flow. Returns ({stage:
+    'ran' | 'skipped'}, the training run's id ('' if none recorded), the headline metrics)."""
+    statuses: dict[str, str] = {}
+    try:
+        for stage in stages:
+            statuses[stage] = stage_task(stage)(stage, str(root), run.run_id, child_tags)
+            run.client.set_tag(run.run_id, f"onegen.stage.{stage}", statuses[stage])
+        train = read_json(root / p.train_data.metrics_path) or {}
+        if train.get("mlflow_run_id"):
+            run.client.set_tag(run.run_id, "onegen.train_run_id", train["mlflow_run_id"])
+        metrics = headline_metrics(root, p)
+        tracking.log_metrics(run.client, run.run_id, metrics)
+    except BaseException:
+        run.client.set_terminated(run.run_id, status="FAILED")
+        raise
+    run.client.set_terminated(run.run_id, status="FINISHED")
+    return statuses, train.get("mlflow_run_id", ""), metrics
 
 
 __all__ = ["full_repro", "STAGES", "FlowError"]

@@ -5,15 +5,16 @@ the flow runs one DVC experiment in the workspace — train and evaluate, the da
 with ONEGEN_MLFLOW_TAGS carrying the sweep id and λr and ONEGEN_MLFLOW_PARENT_RUN_ID nesting the training
 run under the sweep's MLflow run. The experiment is what `dvc exp run -n <sweep>-lr<λr> -S loss.lambda_r=<λr>
 [-S …] <until>` makes: `-S` only writes the keys into params.yaml before running, so the flow writes them
-itself (flows.common.write_overrides: same keys, layout kept, floats that every YAML reader reads back)
+itself (flows.params_file.write_overrides: same keys, layout kept, floats that every YAML reader reads back)
 and runs `dvc exp run -n <name> <until>`, which records them as the experiment's params. Each point's figures
 come from its training run in MLflow (train metrics such as `val/recall_at_1` and the final `loss`, and the
 `eval/…` metrics the evaluate stage logs there) and from the metrics files; absent ones stay empty.
 The comparison table (CSV + markdown) and a plot of each metric against λr are logged as artifacts of the
 sweep run (and kept under runs/sweeps/<sweep id>/).
 
-Each point rewrites params.yaml; the flow puts the file back as it found it when the sweep ends (the workspace's outputs are then the last point's: `dvc exp show` lists every point,
-`dvc exp apply <name>` brings one back). DVC's temporary-directory experiments (`--temp`, `--queue`) are not
+Each point rewrites params.yaml; the flow puts the file back as it found it when the sweep ends (the
+workspace's outputs are then the last point's: `dvc exp show` lists every point, `dvc exp apply <name>`
+brings one back). DVC's temporary-directory experiments (`--temp`, `--queue`) are not
 used because params.yaml reads the data through ../shared, which a copy under .dvc/tmp would not see.
 """
 from __future__ import annotations
@@ -23,32 +24,23 @@ import json
 import math
 import secrets as _secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (
-    STAGES,
-    FlowError,
-    dvc_cmd,
-    git_head,
-    load_project_params,
-    merged_overrides,
-    numeric_leaves,
-    open_run,
-    project_root,
-    read_json,
-    redact,
-    refuse_secrets,
-    secret_values,
-    stage_chain,
-    stage_env,
-    stream_command,
-    write_overrides,
-)
-from tasks import tracking
+from flows.dvc_stages import STAGES, dvc_cmd, stage_chain, stage_env
+from flows.params_file import merged_overrides, write_overrides
+from flows.project import FlowError, git_head, load_project_params, project_root
+from flows.redaction import redact, refuse_secrets, secret_values
+from flows.run_tracking import FlowRun, evaluate_metrics_path, numeric_leaves, open_run, read_json
+from flows.subprocesses import stream_command
+from onegen_core.data.atomic_write import write_bytes_atomic
+from tasks.adapters import tracking
 
 # plotted when present, in this order (higher is better unless the name says loss)
 DEFAULT_PLOT_METRICS = (
@@ -77,17 +69,27 @@ def collect_point(root: Path, p, lam: float) -> dict[str, Any]:
     if run_id:
         from mlflow.exceptions import MlflowException
 
-
         client = tracking.client_for(tracking.tracking_uri(p.mlflow.tracking_uri, root))
         try:
             row.update(client.get_run(run_id).data.metrics)
         except MlflowException:
             pass
-    ev = read_json(root / getattr(getattr(p, "evaluate", None), "metrics_path", "metrics/evaluate.json"))
+    ev = read_json(root / evaluate_metrics_path(p))
     if ev:
         for k, v in numeric_leaves(ev).items():
             row.setdefault(f"evaluate.json/{k}", v)
     return row
+
+
+def tag_point_run(root: Path, p, run_id: str, tags: dict[str, Any], parent_run_id: str) -> None:
+    """Tag a point's training run for this sweep and nest it under the sweep's run. The training run may
+    have been reused (same settings seen before): it is tagged for this sweep anyway, and keeps the parent
+    it already has."""
+    client = tracking.client_for(tracking.tracking_uri(p.mlflow.tracking_uri, root))
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+    if "mlflow.parentRunId" not in client.get_run(run_id).data.tags:
+        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE)
@@ -114,14 +116,7 @@ def sweep_point(project_dir: str, until: str, lam: float, common: dict[str, Any]
     row = {"lambda_r": lam, "lambda_g": p.loss.lambda_g, "loss_kind": p.loss.kind, "exp": name,
            "seconds_point": round(time.perf_counter() - t0, 1), **collect_point(root, p, lam)}
     if row.get("mlflow_run_id"):
-        # the training run may have been reused (same settings seen before): tag it for this sweep anyway
-
-
-        client = tracking.client_for(tracking.tracking_uri(p.mlflow.tracking_uri, root))
-        for k, v in tags.items():
-            client.set_tag(row["mlflow_run_id"], k, str(v))
-        if "mlflow.parentRunId" not in client.get_run(row["mlflow_run_id"]).data.tags:
-            client.set_tag(row["mlflow_run_id"], "mlflow.parentRunId", parent_run_id)
+        tag_point_run(root, p, row["mlflow_run_id"], tags, parent_run_id)
     log.info("λr=%g done in %.0f s: MLflow run %s", lam, row["seconds_point"], row.get("mlflow_run_id") or "-")
     return row
 
@@ -183,6 +178,140 @@ def write_plot(rows: list[dict[str, Any]], out: Path, metrics: list[str]) -> str
     return "sweep.png"
 
 
+def best_point(rows: list[dict[str, Any]], metrics: list[str]) -> tuple[str, float, float] | None:
+    """(metric, λr, value) of the best successful point on the first of `metrics` that any such point
+    has: the lowest for a loss, else the highest; None if none has a value."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    for m in metrics:
+        vals = [r for r in ok if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+        if vals:
+            pick = (min if "loss" in m else max)(vals, key=lambda r: r[m])
+            return m, pick["lambda_r"], pick[m]
+    return None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep checked before any point runs: where, up to which stage, the λr values and the settings
+    every point shares."""
+
+    root: Path
+    target: str  # the last stage of every experiment
+    lambda_r: list[float]
+    common: dict[str, Any]  # params overrides of every point (λr aside)
+    sweep_id: str
+    names: dict[float, str]  # λr -> DVC experiment name
+    params: Any  # the resolved params of the last point (its MLflow settings are the sweep's)
+
+
+def plan_sweep(lambda_r: list[float], lambda_g: float | None, loss_kind: str | None,
+               overrides: dict[str, Any] | None, profile: str | None, experiment: str | None, project_dir: str,
+               until: str | None, sweep_id: str | None) -> SweepPlan:
+    """Every check of the flow's arguments, so that a mistake stops the sweep before the first point:
+    the stages, the λr values, a git repository, the overrides (no secret, no λr, every point's params
+    loadable) and the sweep id."""
+    from onegen_core.config import ConfigError
+
+    root = project_root(project_dir)
+    target = stage_chain(root, until or STAGES[-1])[-1]
+    if not lambda_r:
+        raise FlowError("lambda_r: give at least one value")
+    if len(set(lambda_r)) != len(lambda_r):
+        raise FlowError(f"lambda_r: repeated values in {lambda_r}")
+    if not git_head(root):
+        raise FlowError(f"{root}: DVC experiments need a git repository with a commit")
+    common = merged_overrides(overrides, profile=profile, **{"mlflow.experiment": experiment,
+                                                             "loss.lambda_g": lambda_g, "loss.kind": loss_kind})
+    if "loss.lambda_r" in common:
+        raise FlowError("loss.lambda_r is what the sweep varies: pass it as lambda_r, not as an override")
+    refuse_secrets(common, secret_values(root), "overrides")
+    for lam in lambda_r:  # every point's params must load before the first one runs
+        try:
+            p = load_project_params(root, {**common, "loss.lambda_r": lam})
+        except ConfigError as e:
+            raise FlowError(f"λr={lam}: {e}") from None
+    sweep_id = sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{_secrets.token_hex(2)}"
+    if not tracking.SAFE_ID.fullmatch(sweep_id):  # checked before any run opens (sweep_view checks it too)
+        raise FlowError(f"sweep_id {sweep_id!r}: letters, digits, '_', '.', '-' only")
+    return SweepPlan(root, target, list(lambda_r), common, sweep_id,
+                     {lam: exp_name(sweep_id, lam) for lam in lambda_r}, p)
+
+
+def open_sweep_run(plan: SweepPlan, log) -> tuple[FlowRun, str]:
+    """The sweep's MLflow run and the URL of its points side by side, ordered by λr, in the MLflow UI."""
+    root, sweep_id = plan.root, plan.sweep_id
+    run = open_run(root, plan.params, sweep_id,
+                   {"onegen.kind": "lambda-sweep", "onegen.sweep": sweep_id, "git.commit": git_head(root)},
+                   {"lambda_r": plan.lambda_r, "overrides": plan.common, "until": plan.target,
+                    "project_dir": str(root)})
+    log.info("sweep %s: λr %s, up to stage %s, overrides %s; MLflow run %s", sweep_id, plan.lambda_r, plan.target,
+             json.dumps(plan.common) if plan.common else "none", run.run_id)
+    # a server's URL, else a local store, which `onegen ui` serves on :5000
+    served = run.tracking_uri.startswith(("http://", "https://"))
+    view_url = tracking.runs_view_url(run.tracking_uri if served else "http://127.0.0.1:5000", run.experiment_id,
+                                      tracking.sweep_view(run.client, run.experiment_id, sweep_id))
+    log.info("the points side by side, by λr, in the MLflow UI%s: %s", "" if served else " (`onegen ui`)", view_url)
+    return run, view_url
+
+
+@contextmanager
+def params_restored(root: Path, sweep_id: str, log) -> Iterator[None]:
+    """Each point rewrites params.yaml: put it back as it was when the block ends, however it ends. A copy
+    is kept under .dvc/tmp/onegen/ should this process die mid-sweep."""
+    params_path = root / "params.yaml"
+    original = params_path.read_bytes()
+    saved = root / ".dvc" / "tmp" / "onegen" / f"params.yaml.before-{sweep_id}"
+    write_bytes_atomic(saved, original)  # should this process die mid-sweep
+    log.info("params.yaml saved to %s; it is restored when the sweep ends", saved)
+    try:
+        yield
+    finally:
+        if params_path.read_bytes() != original:
+            write_bytes_atomic(params_path, original)
+            log.warning("params.yaml restored as it was before the sweep; the workspace outputs are those of the "
+                        "last point (`dvc exp show` lists the points, `dvc exp apply <name>` restores one)")
+
+
+def run_points(plan: SweepPlan, parent_run_id: str, log) -> list[dict[str, Any]]:
+    """One task per λr, in order; a failed point becomes a row with its error, and the others still run."""
+    rows: list[dict[str, Any]] = []
+    for lam in plan.lambda_r:
+        point = sweep_point.with_options(task_run_name=f"lambda_r={lam:g}")
+        try:
+            rows.append({**point(str(plan.root), plan.target, lam, plan.common, plan.names[lam], plan.sweep_id,
+                                 parent_run_id), "status": "ok"})
+        except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
+            log.error("λr=%g failed: %s", lam, e)
+            rows.append({"lambda_r": lam, "exp": plan.names[lam], "status": "failed",
+                         "error": str(e).splitlines()[0][:200]})
+    return rows
+
+
+def report_sweep(rows: list[dict[str, Any]], plan: SweepPlan, run: FlowRun, metrics: list[str] | None,
+                 log) -> tuple[Path, tuple[str, float, float] | None]:
+    """The comparison (sweep.csv, sweep.md, sweep.png, rows.json) under runs/sweeps/<sweep id>/ and as
+    artifacts of the sweep's run, the best point tagged on it, and the run ended (FAILED if a point
+    failed). Returns (the folder, the best point)."""
+    out = plan.root / "runs" / "sweeps" / plan.sweep_id
+    out.mkdir(parents=True, exist_ok=True)
+    order = tuple(metrics) if metrics else DEFAULT_PLOT_METRICS
+    write_table(rows, out, order)
+    present = [m for m in order if any(m in r for r in rows)]
+    plot = write_plot(rows, out, present or list(order))
+    (out / "rows.json").write_text(json.dumps(rows, indent=2, default=str))
+    run.client.log_artifacts(run.run_id, str(out), artifact_path="sweep")
+    best = best_point(rows, present)
+    if best:
+        m, lam, value = best
+        run.client.set_tag(run.run_id, "onegen.sweep.best", f"{m}: λr={lam:g} ({value:.4g})")
+    failed = any(r["status"] != "ok" for r in rows)
+    run.client.set_terminated(run.run_id, status="FAILED" if failed else "FINISHED")
+    log.info("comparison table:\n%s", (out / "sweep.md").read_text())
+    log.info("artifacts: sweep/sweep.csv, sweep/sweep.md%s on %s (also in %s)",
+             ", sweep/" + plot if plot else " (no metric to plot)", run.location(), out)
+    return out, best
+
+
 @flow(name="onegen", log_prints=True)
 def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefect needs a JSON default
                  lambda_g: float | None = None, loss_kind: str | None = None, overrides: dict[str, Any] | None = None,
@@ -203,85 +332,16 @@ def lambda_sweep(lambda_r: list[float] = [0.0, 1.0, 4.0],  # noqa: B006 - Prefec
         sweep_id: tag value grouping the runs (default: sweep-<time>-<random>).
     """
     log = get_run_logger()
-    root = project_root(project_dir)
-    target = stage_chain(root, until or STAGES[-1])[-1]
-    if not lambda_r:
-        raise FlowError("lambda_r: give at least one value")
-    if len(set(lambda_r)) != len(lambda_r):
-        raise FlowError(f"lambda_r: repeated values in {lambda_r}")
-    if not git_head(root):
-        raise FlowError(f"{root}: DVC experiments need a git repository with a commit")
-    common = merged_overrides(overrides, profile=profile, **{"mlflow.experiment": experiment,
-                                                             "loss.lambda_g": lambda_g, "loss.kind": loss_kind})
-    if "loss.lambda_r" in common:
-        raise FlowError("loss.lambda_r is what the sweep varies: pass it as lambda_r, not as an override")
-    refuse_secrets(common, secret_values(root), "overrides")
-    from onegen_core.config import ConfigError
-
-    for lam in lambda_r:  # every point's params must load before the first one runs
-        try:
-            p = load_project_params(root, {**common, "loss.lambda_r": lam})
-        except ConfigError as e:
-            raise FlowError(f"λr={lam}: {e}") from None
-    sweep_id = sweep_id or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{_secrets.token_hex(2)}"
-    if not tracking.SAFE_ID.fullmatch(sweep_id):  # checked before any run opens (sweep_view checks it too)
-        raise FlowError(f"sweep_id {sweep_id!r}: letters, digits, '_', '.', '-' only")
-    names = {lam: exp_name(sweep_id, lam) for lam in lambda_r}
-    client, uri, exp_id, parent = open_run(
-        root, p, sweep_id,
-        {"onegen.kind": "lambda-sweep", "onegen.sweep": sweep_id, "git.commit": git_head(root)},
-        {"lambda_r": list(lambda_r), "overrides": common, "until": target, "project_dir": str(root)})
-    log.info("sweep %s: λr %s, up to stage %s, overrides %s; MLflow run %s", sweep_id, lambda_r, target,
-             json.dumps(common) if common else "none", parent)
-    served = uri.startswith(("http://", "https://"))  # else a local store, which `onegen ui` serves on :5000
-    view_url = tracking.runs_view_url(uri if served else "http://127.0.0.1:5000", exp_id,
-                                      tracking.sweep_view(client, exp_id, sweep_id))
-    log.info("the points side by side, by λr, in the MLflow UI%s: %s", "" if served else " (`onegen ui`)", view_url)
-    params_path = root / "params.yaml"
-    original = params_path.read_bytes()
-    saved = root / ".dvc" / "tmp" / "onegen" / f"params.yaml.before-{sweep_id}"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_bytes(original)  # should this process die mid-sweep
-    log.info("params.yaml saved to %s; it is restored when the sweep ends", saved)
-    rows: list[dict[str, Any]] = []
-    try:
-        for lam in lambda_r:
-            point = sweep_point.with_options(task_run_name=f"lambda_r={lam:g}")
-            try:
-                rows.append({**point(str(root), target, lam, common, names[lam], sweep_id, parent), "status": "ok"})
-            except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
-                log.error("λr=%g failed: %s", lam, e)
-                rows.append({"lambda_r": lam, "exp": names[lam], "status": "failed", "error": str(e).splitlines()[0][:200]})
-    finally:
-        if params_path.read_bytes() != original:
-            params_path.write_bytes(original)
-            log.warning("params.yaml restored as it was before the sweep; the workspace outputs are those of the "
-                        "last point (`dvc exp show` lists the points, `dvc exp apply <name>` restores one)")
-    out = root / "runs" / "sweeps" / sweep_id
-    out.mkdir(parents=True, exist_ok=True)
-    order = tuple(metrics) if metrics else DEFAULT_PLOT_METRICS
-    write_table(rows, out, order)
-    present = [m for m in order if any(m in r for r in rows)]
-    plot = write_plot(rows, out, present or list(order))
-    (out / "rows.json").write_text(json.dumps(rows, indent=2, default=str))
-    client.log_artifacts(parent, str(out), artifact_path="sweep")
-    best = None
-    ok = [r for r in rows if r["status"] == "ok"]
-    for m in present:
-        vals = [r for r in ok if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
-        if vals:
-            pick = (min if "loss" in m else max)(vals, key=lambda r: r[m])
-            best = (m, pick["lambda_r"], pick[m])
-            client.set_tag(parent, "onegen.sweep.best", f"{m}: λr={pick['lambda_r']:g} ({pick[m]:.4g})")
-            break
+    plan = plan_sweep(lambda_r, lambda_g, loss_kind, overrides, profile, experiment, project_dir, until, sweep_id)
+    run, view_url = open_sweep_run(plan, log)
+    with params_restored(plan.root, plan.sweep_id, log):
+        rows = run_points(plan, run.run_id, log)
+    out, best = report_sweep(rows, plan, run, metrics, log)
     failed = [r["lambda_r"] for r in rows if r["status"] != "ok"]
-    client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
-    log.info("comparison table:\n%s", (out / "sweep.md").read_text())
-    log.info("artifacts: sweep/sweep.csv, sweep/sweep.md%s on %s (also in %s)",
-             ", sweep/" + plot if plot else " (no metric to plot)", tracking.run_location(uri, exp_id, parent), out)
     if failed:
-        raise FlowError(f"sweep {sweep_id}: λr {failed} failed (see the table and the logs above)")
+        raise FlowError(f"sweep {plan.sweep_id}: λr {failed} failed (see the table and the logs above)")
     log.info("the points side by side, by λr: %s", view_url)
-    return {"sweep_id": sweep_id, "rows": rows, "best": best,
-            "mlflow": {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "view_url": view_url},
+    return {"sweep_id": plan.sweep_id, "rows": rows, "best": best,
+            "mlflow": {"tracking_uri": run.tracking_uri, "experiment_id": run.experiment_id,
+                       "parent_run_id": run.run_id, "view_url": view_url},
             "out_dir": str(out)}

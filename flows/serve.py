@@ -83,7 +83,7 @@ def deployments(project_dir: Path):
 def serve(project_dir: Path, host: str = DEFAULT_HOST, port: int = PREFECT_PORT, limit: int = 1) -> None:
     """Serve `onegen/full-repro` and `onegen/lambda-sweep` from this process. With PREFECT_API_URL unset, a
     Prefect server is started first on host:port (and stopped on exit)."""
-    from flows.common import project_root
+    from flows.project import project_root
 
     root = project_root(project_dir)
     server = None

@@ -16,9 +16,9 @@ from pathlib import Path
 from onegen_core.config import AnnotateConfig
 from onegen_core.data import load_hotpotqa
 from onegen_core.prepare.decomposition import heuristic_decomposition
-from tasks.annotation_cache import AnnotationCache, cache_key
-from tasks.annotation_runner import annotate
-from tasks.annotators import make_backend
+from tasks.adapters.annotation_cache import AnnotationCache, cache_key
+from tasks.adapters.annotation_runner import annotate
+from tasks.adapters.annotators import make_backend
 from tasks.stage_common import stage_params, write_json, write_jsonl
 
 log = logging.getLogger("onegen.annotate")
@@ -55,7 +55,7 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
         with AnnotationCache(out / "cache.jsonl") as cache:
             runner = None
             if cfg.executor == "ray":
-                from tasks.annotation_runner import ray_runner
+                from tasks.adapters.annotation_runner import ray_runner
 
                 runner = ray_runner(cfg.ray_address)
             rep = annotate(records, backend, cache, cfg.max_attempts, max_concurrency=cfg.max_concurrency,

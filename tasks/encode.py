@@ -8,24 +8,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
-from pathlib import Path
 
 from onegen_core.config import BackboneConfig, EncodeConfig, LossConfig
 from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
-from onegen_core.inference.document_encoding import encode_documents
+from onegen_core.data.atomic_write import write_text_atomic
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.method.precision import resolve_inference_dtype
+from onegen_core.method.segments import Document
 from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
-from tasks.lance_index import LanceIndex
+from tasks.adapters.index_encoding import encode_table
 from tasks.stage_common import stage_params
 
 log = logging.getLogger("onegen.encode")
 
 
-def collect_documents(cfg: EncodeConfig) -> list:
+def collect_documents(cfg: EncodeConfig) -> list[Document]:
+    """The documents of `encode`'s corpus files, at `encode.granularity`; of two with one id (a paragraph
+    in two files) the first is kept, so each is encoded once."""
     docs = []
     for path in cfg.hotpotqa:
         docs += documents_from_multihop(load_hotpotqa(path), cfg.granularity)
@@ -39,35 +40,6 @@ def collect_documents(cfg: EncodeConfig) -> list:
     return list(unique.values())
 
 
-def encode_table(model, collator, docs: list, uri: str, table: str, ck: str, batch_size: int, ann_min_rows: int,
-                 desc: str) -> dict:
-    """Encode `docs` into `uri`/`table`, skipping documents whose units are all stored (resume)."""
-    from tqdm.auto import tqdm
-
-    index = LanceIndex.create(uri, model.lm.config.hidden_size, ck, table)
-    done = index.ids()
-    todo = [d for d in docs if not set(d.unit_ids()) <= done]
-    log.info("%s: %d documents (%d units); %d already encoded by checkpoint %s; encoding %d", table,
-             len(docs), sum(len(d.unit_ids()) for d in docs), len(docs) - len(todo), ck, len(todo))
-    stats: Counter = Counter()
-    bar = tqdm(total=len(todo), desc=desc, unit="doc")
-    for records, vectors in encode_documents(model, collator, todo, batch_size, on_batch=bar.update, stats=stats):
-        # a document re-encoded on resume may already hold some units (others were cut by truncation)
-        keep = [i for i, r in enumerate(records) if r.id not in done]
-        index.add([records[i] for i in keep], vectors[keep])
-        done.update(records[i].id for i in keep)
-    bar.close()
-    return {
-        "table": table,
-        "documents": len(docs),
-        "documents_encoded_now": len(todo),
-        "units_in_index": len(index),
-        "units_truncated": stats.get("units_truncated", 0),
-        "documents_truncated": stats.get("documents_truncated", 0),
-        "ann_index": index.build_ann_index(ann_min_rows),
-    }
-
-
 def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
     """`dtype`: the checkpoint's weights dtype while encoding (params backbone.inference_dtype)."""
     t0 = time.perf_counter()
@@ -77,14 +49,13 @@ def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
     collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
     units = encode_table(model, collator, collect_documents(cfg), cfg.uri, cfg.table, ck, cfg.batch_size,
                          cfg.ann_min_rows, "encode passages")
-    report = {"checkpoint_id": ck, "uri": cfg.uri, **units}
+    report = {"checkpoint_id": ck, "uri": cfg.uri, **units.to_dict()}
     if cfg.kb:
         kb_docs = documents_from_kb(load_kb(cfg.kb))
         report["kb"] = encode_table(model, collator, kb_docs, cfg.uri, cfg.kb_table, ck, cfg.batch_size,
-                                    cfg.ann_min_rows, "encode entities")
+                                    cfg.ann_min_rows, "encode entities").to_dict()
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    Path(cfg.report_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.report_path).write_text(json.dumps(report, indent=2))
+    write_text_atomic(cfg.report_path, json.dumps(report, indent=2))  # no final newline, as it always was
     log.info("encoded: %s", report)
     for part in (report, report.get("kb") or {}):
         if part.get("units_truncated"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from onegen_core.config import Params, load_params, parse_overrides
+from onegen_core.data.atomic_write import write_text_atomic
 
 log = logging.getLogger("onegen.stage")
 
@@ -36,6 +37,8 @@ def check_skip_rate(what: str, n_in: int, n_skipped: int, max_rate: float, first
 
 
 def stage_params(doc: str, argv: list[str] | None = None) -> Params:
+    """The params a stage runs with: `--params` (default params.yaml) with its `-S KEY=VALUE` overrides;
+    also sets up logging. `doc` (the stage's docstring) is its `--help`."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -46,7 +49,8 @@ def stage_params(doc: str, argv: list[str] | None = None) -> Params:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic(Path(path), json.dumps(obj, indent=2, default=str) + "\n")
+    """Write `obj` as indented JSON (what a stage reports), atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict], allow_empty: bool = False) -> int:
@@ -56,24 +60,30 @@ def write_jsonl(path: str | Path, rows: Iterable[dict], allow_empty: bool = Fals
     path = Path(path)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if not lines and path.is_file() and path.stat().st_size:
-        old = sum(1 for line in path.open(encoding="utf-8", errors="replace") if line.strip())
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            old = sum(1 for line in fh if line.strip())
         if not allow_empty:
             raise EmptyOutputError(f"{path}: 0 rows to write, the file holds {old}; kept it. Check the inputs "
                                    f"and params (a wrong --params file?); delete the file to accept an empty output")
         log.warning("%s: replacing %d rows with an empty output, as the settings ask", path, old)
-    _atomic(path, "".join(line + "\n" for line in lines))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
-def _atomic(path: Path, text: str) -> None:
-    """Write to a temporary file and rename: an interrupted or failed write (a text that cannot be
-    encoded, a full disk) leaves the old file, and no temporary file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def machine_record() -> dict[str, Any]:
+    """What ran a stage, for the figures it writes: the CPU model, its cores, the accelerator if any, and
+    the torch build. A figure of this project depends on the machine (training speed varies by a fifth
+    between runs of one recipe here), so a results table names the machine from this record."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except UnicodeEncodeError as e:  # a lone surrogate that got past a loader
-        raise ValueError(f"{path}: text not encodable as UTF-8 at char {e.start} ({e.reason}); old file kept") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}

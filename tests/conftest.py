@@ -3,6 +3,7 @@ causal LM. No download; heavy imports stay inside fixtures."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes); CI runs them too")
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +45,10 @@ def tiny_lm(char_tokenizer):
 
 def char_ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (a server started by a test binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

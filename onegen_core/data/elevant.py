@@ -17,11 +17,17 @@ read when present. Unknown extra fields are ignored so that newer releases still
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from .atomic_write import write_text_atomic
 from .errors import DataError
 from .open_source import source_name
 from .strict_json import OnError, Raw, Where, check_on_error, collect_records, iter_jsonl, json_type, required, typed
@@ -32,10 +38,15 @@ __all__ = [
     "OTHER_TYPE",
     "ElevantArticle",
     "ElevantLabel",
+    "LinkedMention",
+    "article_sources",
     "benchmark_name",
+    "exported_predictions",
     "is_qid",
+    "linked_article",
     "load_elevant",
     "load_elevant_with_report",
+    "write_linked_articles",
 ]
 
 NIL = "<NIL>"  # the mention names an entity that has no Wikidata item
@@ -103,6 +114,11 @@ class ElevantArticle:
     evaluation_span: tuple[int, int] | None
     labels: tuple[ElevantLabel, ...]
     benchmark: str  # e.g. "msnbc", from the file name unless given
+
+    @property
+    def key(self) -> str:
+        """``"msnbc/3"``: article ids repeat across benchmarks, so evaluation keys an article by both."""
+        return f"{self.benchmark}/{self.id}"
 
     def label(self, label_id: int) -> ElevantLabel:
         """The label with this id; ``KeyError`` if there is none."""
@@ -301,3 +317,98 @@ def load_elevant_with_report(
 ) -> tuple[list[ElevantArticle], list[DataError]]:
     """Load ELEVANT, returning the valid articles and one :class:`DataError` per excluded article."""
     return _load(path, benchmark, raise_errors=False)
+
+
+# --------------------------------------------------------------------------- linked-articles export
+#
+# ELEVANT scores a linker from the "linked articles" its `link_benchmark.py` writes: one JSON object per
+# article per line, one file per benchmark, and a `.metadata.json` beside each. Written here in exactly
+# that form so the files go into ELEVANT's own `evaluate.py` and web app unchanged.
+
+
+class LinkedMention(Protocol):
+    """A predicted mention as the export reads it (``onegen_core.evaluation.linking.PredictedMention``)."""
+
+    start: int  # character offsets into the article text, end exclusive
+    end: int
+    entity_id: str | None  # None: marked but linked to nothing, exported as <NIL>
+    candidates: Sequence[str]
+
+
+_M = TypeVar("_M")
+
+
+def exported_predictions(predictions: Mapping[str, Sequence[_M]]) -> dict[str, list[_M]]:
+    """The (dataclass) predictions as the export writes them: a mention that was marked but linked
+    nothing becomes ``<NIL>``, which ELEVANT's scorer counts as recognised but not linked."""
+    return {key: [dataclasses.replace(m, entity_id=m.entity_id or NIL) for m in ms]  # type: ignore[attr-defined]
+            for key, ms in predictions.items()}
+
+
+def linked_article(source: Mapping[str, Any], mentions: Iterable[LinkedMention], linker: str) -> dict[str, Any]:
+    """One article as ELEVANT's linked-articles JSONL holds it, built from the article's object in its
+    benchmark file (`source`; ``id`` and ``text`` are enough): ELEVANT's key order, the benchmark's
+    optional fields kept, ``entity_mentions`` sorted by span (omitted when there are none), each with
+    ``id`` (``<NIL>`` when it linked nothing), ``recognized_by``/``linked_by`` = `linker` and sorted
+    ``candidates`` that include the linked id, and ``labels`` sorted by label id."""
+    art: dict[str, Any] = {"id": source["id"], "title": source.get("title", ""), "text": source["text"]}
+    for k in ("hyperlinks", "title_synonyms"):
+        if source.get(k):
+            art[k] = source[k]
+    if source.get("url") is not None:
+        art["url"] = source["url"]
+    found = [_mention_object(m, linker) for m in sorted(mentions, key=lambda m: (m.start, m.end))]
+    if found:
+        art["entity_mentions"] = found
+    art["evaluation_span"] = source.get("evaluation_span") or [0, len(source["text"])]
+    art["labels"] = sorted(source.get("labels", []), key=lambda lb: lb.get("id", 0))
+    if source.get("sections"):
+        art["sections"] = source["sections"]
+    return art
+
+
+def _mention_object(m: LinkedMention, linker: str) -> dict[str, Any]:
+    entity = m.entity_id or NIL
+    return {"span": [m.start, m.end], "id": entity, "recognized_by": linker, "linked_by": linker,
+            "candidates": sorted(set(m.candidates) | {entity})}
+
+
+def article_sources(paths: Iterable[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """Each article's JSON object as its benchmark file holds it, by :attr:`ElevantArticle.key`: the
+    export copies fields the loader does not keep (hyperlinks, url, sections, the labels as written).
+    Every file is validated as :func:`load_elevant` validates it, with the same errors."""
+    sources: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        name = benchmark_name(path)
+        seen: dict[str, str] = {}
+        pairs, _ = collect_records(path, iter_jsonl, lambda file, raw: (_decode(file, raw, name, seen), raw.value),
+                                   raise_errors=True)
+        for article, raw in pairs:
+            sources[article.key] = raw
+    return sources
+
+
+def write_linked_articles(articles: Sequence[ElevantArticle], predictions: Mapping[str, Sequence[LinkedMention]],
+                          sources: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike, experiment: str,
+                          description: str, seconds: float | None) -> list[Path]:
+    """``<experiment>.<benchmark>.linked_articles.jsonl`` (`json.dumps` defaults: ASCII escapes) and
+    ``<experiment>.<benchmark>.metadata.json`` in `out_dir` for each benchmark of `articles`, as
+    ELEVANT's ``link_benchmark.py`` writes them; `predictions` by article key, `sources` from
+    :func:`article_sources`. Returns the JSONL files written."""
+    by_bench: dict[str, list[str]] = {}
+    for a in articles:
+        src = sources.get(a.key)
+        if src is None:
+            raise ValueError(f"ELEVANT export: article {a.key!r} is in none of evaluate.elevant's files as read again")
+        by_bench.setdefault(a.benchmark, []).append(json.dumps(linked_article(src, predictions.get(a.key, []),
+                                                                              experiment)) + "\n")
+    stamp = datetime.datetime.now().strftime("%Y/%m/%d %H:%M")
+    written = []
+    for bench, lines in by_bench.items():
+        path = Path(out_dir) / f"{experiment}.{bench}.linked_articles.jsonl"
+        write_text_atomic(path, "".join(lines))
+        meta = {"experiment_name": experiment, "experiment_description": description, "linker_name": "onegen",
+                "timestamp": stamp, "linking_time": seconds}
+        write_text_atomic(path.with_name(f"{experiment}.{bench}.metadata.json"), json.dumps(meta))
+        written.append(path)
+    return written

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .atomic_write import atomic_path
 from .errors import DataError
 from .open_source import source_name
 from .strict_json import (
@@ -140,13 +141,7 @@ def write_kb(path: str | os.PathLike, entities: Iterable[Entity]) -> int:
         raw = Raw(f"#{index}", entity.to_dict())
         _decode(file, raw, seen)
         lines.append(json.dumps(raw.value, ensure_ascii=False) + "\n")
-    tmp = f"{file}.tmp{os.getpid()}"
     opener = gzip.open if file.lower().endswith(".gz") else open
-    try:
-        with opener(tmp, "wt", encoding="utf-8") as out:
-            out.writelines(lines)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as out:
+        out.writelines(lines)
     return len(lines)

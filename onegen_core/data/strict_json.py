@@ -209,3 +209,30 @@ def check_on_error(on_error: str) -> bool:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     return on_error == "raise"
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """The strict JSON Lines reader: `(line number, value)` for every non-blank line of a local file, in
+    order. Bytes that are not UTF-8 (a byte-order mark on the first line is allowed), a line that is not
+    JSON and JSON nested too deeply to read are `DataError`s naming the file and the line, raised at the
+    line where they occur (what came before has been yielded). The `UnicodeDecodeError` or
+    `json.JSONDecodeError` an error replaces stays its `__context__` (hidden from tracebacks), for a caller
+    that words the error its own way. What a value must hold is the caller's check: it raises its own
+    `DataError` with the same file and `f"line {n}"`."""
+    file = source_name(path)
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            position = f"line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(file, position, FIELD_ENCODING, f"not valid UTF-8: {exc}") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(file, position, FIELD_JSON, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+            except RecursionError:
+                raise DataError(file, position, FIELD_JSON, _TOO_DEEP) from None
+            yield number, value

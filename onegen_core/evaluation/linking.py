@@ -17,15 +17,17 @@ prediction on exactly their span is neither credited nor charged.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onegen_core.data.elevant import ElevantArticle
+from onegen_core.data.elevant import ElevantArticle, load_elevant
 from onegen_core.evaluation.metrics import prf_counts, prf_from_counts
 from onegen_core.inference.copy_constraint import CopyConstraint
 from onegen_core.inference.generation import EngineStats, RetrievalPolicy, generate
@@ -54,7 +56,28 @@ class PredictedMention:
 
 
 def article_key(a: ElevantArticle) -> str:
-    return f"{a.benchmark}/{a.id}"
+    return a.key
+
+
+def held_out_articles(paths: Sequence[str], benchmarks: Collection[str], max_articles: int,
+                      split_file: Path) -> list[ElevantArticle]:
+    """The articles to link from the benchmark files `paths`: those of `benchmarks` (empty = every file),
+    at most `max_articles` per file (0 = all). A benchmark the prepare stage put in training (its
+    `el_split.json`, `split_file`) is refused: a score on articles the model was trained on means nothing."""
+    trained = set(json.loads(split_file.read_text())["benchmarks"]["train"]) if split_file.is_file() else set()
+    articles: list[ElevantArticle] = []
+    for path in paths:
+        arts = load_elevant(path)
+        if not arts:
+            continue
+        bench = arts[0].benchmark
+        if benchmarks and bench not in benchmarks:
+            continue
+        if bench in trained:
+            raise ValueError(f"evaluate.elevant: {path} ({bench}) is a training benchmark in {split_file}; "
+                             "evaluate only on held-out benchmarks (prepare.el_eval_benchmarks)")
+        articles += arts[:max_articles] if max_articles else arts
+    return articles
 
 
 def windows_of(articles: Sequence[ElevantArticle], max_chars: int) -> list[Window]:

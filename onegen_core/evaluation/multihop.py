@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from onegen_core.data.multihop import MultiHopRecord, Paragraph
+from onegen_core.data.multihop import MultiHopRecord, Paragraph, load_2wiki, load_hotpotqa
 from onegen_core.evaluation.metrics import exact_match, f1
 from onegen_core.inference.generation import EngineStats, GenerationResult, RetrievalPolicy, generate
 from onegen_core.inference.index import VectorIndex
@@ -97,6 +97,20 @@ def gold_of(record: MultiHopRecord) -> MultihopGold:
         units.update(positive_units(doc, supporting))
     return MultihopGold(frozenset(docs), frozenset(units),
                         frozenset(paragraph_id(p) for p in record.context if p.sentences))
+
+
+def questions_missing_from_index(records: Sequence[MultiHopRecord], index_docs: set[str]) -> list[str]:
+    """Ids of the questions with a paragraph of their own that the index lacks: in the distractor setting
+    their retrievals may find nothing and count as misses."""
+    return [r.id for r in records if not gold_of(r).candidates <= index_docs]
+
+
+def held_out_questions(path: str, dataset: str, limit: int = 0) -> list[MultiHopRecord]:
+    """The first `limit` (0 = all) questions of a prepared held-out file. Prepared files are each
+    dataset's official JSON form: `dataset` "2wiki" has `evidences` and no `level`, anything else is
+    read as HotpotQA."""
+    records = (load_2wiki if dataset == "2wiki" else load_hotpotqa)(path)
+    return records[:limit] if limit else records
 
 
 def score_example(record: MultiHopRecord, result: GenerationResult, unit_doc: Callable[[str], str | None]) -> dict:

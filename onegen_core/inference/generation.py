@@ -160,6 +160,21 @@ def _choose(logits: torch.Tensor, policy: RetrievalPolicy, gen: torch.Generator)
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+@dataclass
+class _Decoding:
+    """What every step of one `generate` call reads: the call's settings, fixed for its duration."""
+
+    tokenizer: object
+    policy: RetrievalPolicy
+    ids: SpecialTokenIds
+    gen: torch.Generator
+    choose: TokenChooser | None
+    hooks: StreamHooks | None
+    query_encoder: Callable[[list[int], int], np.ndarray] | None
+    # guessed tokens are checked against the greedy choice, so drafting needs greedy decoding
+    drafting: bool
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -199,58 +214,23 @@ def generate(
     ids = SpecialTokenIds.from_tokenizer(tokenizer)
     lm, decoder, head = _lm_and_decoder(model)
     device = next(lm.parameters()).device
-    gen = torch.Generator().manual_seed(policy.seed)
+    d = _Decoding(tokenizer, policy, ids, torch.Generator().manual_seed(policy.seed), choose, hooks, query_encoder,
+                  drafting=policy.draft_tokens > 0 and not policy.do_sample and callable(getattr(choose, "draft", None)))
     rows = [_Row(seq=list(p), n_prompt=len(p)) for p in _prompt_ids(tokenizer, prompts)]
     if any(r.n_prompt == 0 for r in rows):
         raise ValueError("empty prompt")
 
     # Prefill: left-padded prompts, one pass.
     chunk, mask = _chunk([r.seq for r in rows], ids.pad)
-    cache = None
-    hidden, cache = _forward(decoder, chunk.to(device), mask.to(device), cache, stats)
+    hidden, cache = _forward(decoder, chunk.to(device), mask.to(device), None, stats)
     next_logits = head(hidden[:, -1])  # (live, vocab)
     attn = mask.to(device)  # (live, cache length): 1 where the cache holds a real token
     # live[i] = the row held in position i of the cache, attn and next_logits (finished rows leave)
     live = list(range(len(rows)))
-    # guessed tokens are checked against the greedy choice, so drafting needs greedy decoding
-    drafting = policy.draft_tokens > 0 and not policy.do_sample and callable(getattr(choose, "draft", None))
-
     while True:
         # 1. every active row without pending tokens samples one
         for i, b in enumerate(live):
-            r = rows[b]
-            if r.finish or r.pending:
-                continue
-            if r.sampled >= policy.max_new_tokens:
-                r.finish = "length"
-                continue
-            if hooks is not None and hooks.should_stop is not None:
-                reason = hooks.should_stop(b)
-                if reason:
-                    r.finish = reason
-                    continue
-            t = choose(b, next_logits[i], r.seq) if choose else _choose(next_logits[i], policy, gen)
-            if isinstance(t, (list, tuple)):
-                if not t:
-                    raise ValueError(f"row {b}: the chooser returned an empty chunk")
-                r.pending, r.injecting = list(t), True
-                continue
-            r.sampled += 1
-            if t == ids.eos:
-                r.finish = "eos"
-            elif t == ids.rq:
-                if len(r.retrievals) >= policy.max_retrievals:
-                    r.finish = "retrieval_cap"
-                else:
-                    r.pending = [ids.rq, ids.con] if policy.mode == "link" else [ids.rq]
-            else:
-                r.pending = [t]
-                if drafting:
-                    guess = choose.draft(b, r.seq + [t], min(policy.draft_tokens, policy.max_new_tokens - r.sampled))
-                    r.pending += guess
-                    r.drafted = len(guess)
-            if r.pending and hooks is not None and hooks.on_token is not None:
-                hooks.on_token(b, t)
+            _sample_next(d, b, rows[b], next_logits[i])
         # every row still unfinished has pending tokens now: the others leave the batch
         keep = [i for i, b in enumerate(live) if not rows[b].finish]
         if not keep:
@@ -258,67 +238,118 @@ def generate(
         if compact and len(keep) < len(live):
             cache, attn = _drop_rows(cache, attn, keep)
             live = [live[i] for i in keep]
-
         # 2. one forward pass feeds every live row its pending tokens (left-padded within the chunk)
         chunk, cmask = _chunk([rows[b].pending for b in live], ids.pad)
-        width = chunk.shape[1]
         attn = torch.cat([attn, cmask.to(device)], dim=1)
         hidden, cache = _forward(decoder, chunk.to(device), attn, cache, stats)  # (live, width, dim)
         next_logits = head(hidden[:, -1])
-
         # 3. rows that fed [RQ]: its hidden state (already computed) is the query; search once for all
-        queries: list[tuple[int, np.ndarray]] = []
-        for i, b in enumerate(live):
-            r = rows[b]
-            if r.finish:  # compact=False: a finished row rides along as padding
-                continue
-            was_query = r.pending[0] == ids.rq and not r.injecting
-            rq_pos = len(r.seq)
-            col = width - len(r.pending)
-            if r.drafted:
-                next_logits[i] = _check_draft(r, b, i, col, hidden, head, choose, attn, stats, hooks)
-                continue
-            r.seq.extend(r.pending)
-            r.pending, r.injecting = [], False
-            if was_query:
-                if query_encoder is not None:
-                    vec = np.asarray(query_encoder(b, r.seq), dtype=np.float32)
-                else:
-                    vec = F.normalize(hidden[i, col].float(), dim=-1).cpu().numpy()
-                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-                queries.append((b, vec))
-                r.retrievals.append(RetrievalEvent(rq_pos, len(r.vectors), [], []))
-                r.vectors.append(vec)
+        queries = _take_fed(d, rows, live, hidden, head, next_logits, attn, stats)
         if queries:
             hits = _search(index, queries, policy, allowed, paste_without_search, rows, stats)
-            for (b, _), row_hits in zip(queries, hits):
-                r = rows[b]
-                ev = r.retrievals[-1]
-                ev.ids, ev.scores = [h.id for h in row_hits], [h.score for h in row_hits]
-                if hooks is not None and hooks.on_retrieval is not None:
-                    hooks.on_retrieval(b, ev, list(row_hits))
-                if policy.mode == "rag":
-                    if row_hits:
-                        r.pasted.add(row_hits[0].doc_id)
-                    paste = tokenizer(policy.paste(row_hits[0] if row_hits else None), add_special_tokens=False)
-                    r.pending, r.injecting = list(paste["input_ids"]), True
-
+            _paste_hits(d, rows, queries, hits)
     stats.seconds += time.perf_counter() - t_start
-    results = []
-    for r in rows:
-        cont = r.seq[r.n_prompt:]
-        dim = r.vectors[0].shape[0] if r.vectors else 0
-        results.append(
-            GenerationResult(
-                prompt_ids=r.seq[: r.n_prompt],
-                token_ids=cont,
-                text=tokenizer.decode(cont, skip_special_tokens=False),
-                retrievals=r.retrievals,
-                query_vectors=np.stack(r.vectors) if r.vectors else np.zeros((0, dim), np.float32),
-                finish_reason=r.finish or "length",
-            )
-        )
-    return results
+    return [_result(tokenizer, r) for r in rows]
+
+
+def _sample_next(d: _Decoding, b: int, r: _Row, logits: torch.Tensor) -> None:
+    """Row `b` chooses what it feeds next from `logits` (vocab,), unless it has pending tokens or is done:
+    a token (a guessed run after it when drafting), `[RQ]` (+ `<CON>` when linking), a chooser's chunk,
+    or a finish reason (EOS, the token budget, the retrieval cap, a hook's stop)."""
+    policy, ids = d.policy, d.ids
+    if r.finish or r.pending:
+        return
+    if r.sampled >= policy.max_new_tokens:
+        r.finish = "length"
+        return
+    if d.hooks is not None and d.hooks.should_stop is not None:
+        reason = d.hooks.should_stop(b)
+        if reason:
+            r.finish = reason
+            return
+    t = d.choose(b, logits, r.seq) if d.choose else _choose(logits, policy, d.gen)
+    if isinstance(t, (list, tuple)):
+        if not t:
+            raise ValueError(f"row {b}: the chooser returned an empty chunk")
+        r.pending, r.injecting = list(t), True
+        return
+    r.sampled += 1
+    if t == ids.eos:
+        r.finish = "eos"
+    elif t == ids.rq:
+        if len(r.retrievals) >= policy.max_retrievals:
+            r.finish = "retrieval_cap"
+        else:
+            r.pending = [ids.rq, ids.con] if policy.mode == "link" else [ids.rq]
+    else:
+        r.pending = [t]
+        if d.drafting:
+            guess = d.choose.draft(b, r.seq + [t], min(policy.draft_tokens, policy.max_new_tokens - r.sampled))
+            r.pending += guess
+            r.drafted = len(guess)
+    if r.pending and d.hooks is not None and d.hooks.on_token is not None:
+        d.hooks.on_token(b, t)
+
+
+def _take_fed(d: _Decoding, rows: list[_Row], live: list[int], hidden: torch.Tensor, head, next_logits: torch.Tensor,
+              attn: torch.Tensor, stats: EngineStats) -> list[tuple[int, np.ndarray]]:
+    """After the pass that fed each live row its pending tokens (`hidden`: (live, width, dim)): move them into
+    the rows' sequences (checking drafted guesses), and return the (row, unit query vector) of every row
+    whose fed chunk was a sampled `[RQ]` — the hidden state the pass computed for it, or the baseline's
+    `query_encoder` vector. Updates `next_logits` in place where a draft was cut short."""
+    width = hidden.shape[1]
+    queries: list[tuple[int, np.ndarray]] = []
+    for i, b in enumerate(live):
+        r = rows[b]
+        if r.finish:  # compact=False: a finished row rides along as padding
+            continue
+        was_query = r.pending[0] == d.ids.rq and not r.injecting
+        rq_pos = len(r.seq)
+        col = width - len(r.pending)
+        if r.drafted:
+            next_logits[i] = _check_draft(r, b, i, col, hidden, head, d.choose, attn, stats, d.hooks)
+            continue
+        r.seq.extend(r.pending)
+        r.pending, r.injecting = [], False
+        if was_query:
+            if d.query_encoder is not None:
+                vec = np.asarray(d.query_encoder(b, r.seq), dtype=np.float32)
+            else:
+                vec = F.normalize(hidden[i, col].float(), dim=-1).cpu().numpy()
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            queries.append((b, vec))
+            r.retrievals.append(RetrievalEvent(rq_pos, len(r.vectors), [], []))
+            r.vectors.append(vec)
+    return queries
+
+
+def _paste_hits(d: _Decoding, rows: list[_Row], queries: list[tuple[int, np.ndarray]], hits: list[list[Hit]]) -> None:
+    """Record each searched row's hits on its last retrieval, report them, and (R→G) make the best hit's
+    passage the row's next chunk."""
+    for (b, _), row_hits in zip(queries, hits):
+        r = rows[b]
+        ev = r.retrievals[-1]
+        ev.ids, ev.scores = [h.id for h in row_hits], [h.score for h in row_hits]
+        if d.hooks is not None and d.hooks.on_retrieval is not None:
+            d.hooks.on_retrieval(b, ev, list(row_hits))
+        if d.policy.mode == "rag":
+            if row_hits:
+                r.pasted.add(row_hits[0].doc_id)
+            paste = d.tokenizer(d.policy.paste(row_hits[0] if row_hits else None), add_special_tokens=False)
+            r.pending, r.injecting = list(paste["input_ids"]), True
+
+
+def _result(tokenizer, r: _Row) -> GenerationResult:
+    cont = r.seq[r.n_prompt:]
+    dim = r.vectors[0].shape[0] if r.vectors else 0
+    return GenerationResult(
+        prompt_ids=r.seq[: r.n_prompt],
+        token_ids=cont,
+        text=tokenizer.decode(cont, skip_special_tokens=False),
+        retrievals=r.retrievals,
+        query_vectors=np.stack(r.vectors) if r.vectors else np.zeros((0, dim), np.float32),
+        finish_reason=r.finish or "length",
+    )
 
 
 def _check_draft(r: _Row, b: int, i: int, col: int, hidden: torch.Tensor, head, choose, attn: torch.Tensor,

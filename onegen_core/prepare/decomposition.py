@@ -1,5 +1,6 @@
 """LLM decomposition of multi-hop questions into retrieval steps (OneGen App. G.1, Fig. 13): the prompt,
-the answer's schema and its strict parser, and the no-LLM heuristic.
+the answer's schema and its strict parser, the no-LLM heuristic, and the reader of the decompositions
+file that the annotate stage writes and the label stage reads.
 
 Each HotpotQA/2Wiki training question is shown to an instruction LLM together with its answer and its
 related (supporting) documents; the LLM writes the sub-questions, the document each one needs, the
@@ -15,11 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+from collections.abc import Container
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onegen_core.data.errors import DataError
 from onegen_core.data.multihop import MultiHopRecord, Paragraph
+from onegen_core.data.strict_json import read_jsonl
+from onegen_core.prepare.skips import Skips
 
 if TYPE_CHECKING:  # the reconstruction module imports torch: only needed by to_hops, imported there
     from onegen_core.prepare.multihop import Hop
@@ -32,9 +39,11 @@ __all__ = [
     "Step",
     "build_prompt",
     "heuristic_decomposition",
+    "nonblank_text",
     "parse_decomposition",
     "prompt_documents",
     "prompt_hash",
+    "read_decompositions",
     "to_hops",
 ]
 
@@ -120,7 +129,7 @@ class Step:
             raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
         return cls(
             sub_question=_optional_text(raw, "sub_question", where),
-            doc_title=_required_text(raw, "doc_title", where),
+            doc_title=nonblank_text(raw, "doc_title", where),
             sub_answer=_optional_text(raw, "sub_answer", where),
         )
 
@@ -149,13 +158,15 @@ class Decomposition:
         if not isinstance(steps, list) or not steps:
             raise ValueError(f"{where}: field 'steps' must be a non-empty array")
         return cls(
-            example_id=_required_text(raw, "example_id", where),
+            example_id=nonblank_text(raw, "example_id", where),
             steps=tuple(Step.from_dict(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)),
-            final_answer=_required_text(raw, "final_answer", where),
+            final_answer=nonblank_text(raw, "final_answer", where),
         )
 
 
-def _required_text(raw: dict, key: str, where: str) -> str:
+def nonblank_text(raw: dict, key: str, where: str) -> str:
+    """The value of field `key`: a string that is not blank; a `ValueError` naming `where` and the
+    field otherwise (the annotation cache reads its results' ids with the same rule)."""
     value = raw.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
@@ -167,6 +178,42 @@ def _optional_text(raw: dict, key: str, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{where}: field {key!r} must be a string or null, got {type(value).__name__}")
     return value
+
+
+def read_decompositions(path: str | os.PathLike, prepared_ids: Container[str],
+                        skips: Skips) -> dict[str, tuple[Decomposition, str]]:
+    """The decompositions file annotate writes: example id → (decomposition, "file:line"), in file order.
+    Bytes that are not UTF-8, a line that is not JSON (`read_jsonl`) and a malformed decomposition are
+    `DataError`s naming file and line; a decomposition for a record that was not prepared is one too
+    (annotate and prepare disagree); a second decomposition of one example is skipped and counted in
+    `skips` (it would train twice)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: decompositions missing; run `dvc repro annotate`")
+    out: dict[str, tuple[Decomposition, str]] = {}
+    for n, raw in read_jsonl(path):
+        where = f"{path}:{n}"
+        d = _decomposition_at(raw, str(path), n)
+        if d.example_id not in prepared_ids:
+            raise DataError(str(path), f"line {n}", "example_id",
+                            f"{d.example_id!r} is not a prepared record (re-run annotate after prepare)")
+        if d.example_id in out:
+            skips.add("multihop", where, f"duplicate decomposition of {d.example_id!r} "
+                                         f"(first at {out[d.example_id][1]}); kept the first")
+            continue
+        out[d.example_id] = (d, where)
+    return out
+
+
+def _decomposition_at(raw: Any, file: str, n: int) -> Decomposition:
+    """Line `n`'s decomposition; its `ValueError` becomes a `DataError` naming the field it names
+    (`field 'x'` or `steps[i]`), else `<record>`."""
+    where = f"{file}:{n}"
+    try:
+        return Decomposition.from_dict(raw, where=where)
+    except ValueError as e:
+        field = re.search(r"field '([^']+)'", str(e)) or re.search(r"(steps\[\d+\])", str(e))
+        raise DataError(file, f"line {n}", field.group(1) if field else "<record>",
+                        str(e).removeprefix(f"{where}: ")) from None
 
 
 def heuristic_decomposition(record: MultiHopRecord) -> Decomposition:

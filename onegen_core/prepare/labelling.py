@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -133,8 +133,11 @@ def entity_linking_examples(
     return out
 
 
+Encode = Callable[[list[str]], np.ndarray]  # texts → (n, dim) L2-normalised vectors (MiniLM, injected)
+
+
 def rank_window_negatives(
-    positives: Sequence[str], corpus: Sequence[str], encode, window: tuple[int, int], batch_size: int = 256
+    positives: Sequence[str], corpus: Sequence[str], encode: Encode, window: tuple[int, int], batch_size: int = 256
 ) -> list[list[int]]:
     """For each positive text, the indices of `corpus` ranked in [window[0], window[1]) by cosine
     similarity (rank 0 = most similar). `encode(texts) -> (n, dim)` L2-normalised vectors (MiniLM).
@@ -154,3 +157,23 @@ def rank_window_negatives(
             ranked = [int(k) for k in row if corpus[k].strip() != pos_text]
             out.append(ranked[lo:hi])
     return out
+
+
+def window_ranks(n: int, window: Sequence[float]) -> tuple[int, int]:
+    """The ranks [lo, hi) that `window` = (lo, hi) as fractions names in a ranked list of `n` passages
+    (`label.selfrag_negative_window`): never empty, never past the list (lo ≤ n - 1, hi ≤ n)."""
+    lo_f, hi_f = window
+    lo, hi = min(int(lo_f * n), n - 1), max(int(lo_f * n) + 1, min(n, round(hi_f * n)))
+    return min(lo, n - 1), min(hi, n)
+
+
+def passage_negatives(passages: Sequence[str], encode: Encode, window: Sequence[float],
+                      max_negatives: int) -> dict[str, list[str]]:
+    """Self-RAG hard negatives (App. F): each passage text → the passages of the same corpus that
+    `encode` ranks inside `window` (fractions of the ranked list, the passage itself left out), most
+    similar first, at most `max_negatives`. A corpus of one passage has none."""
+    if len(passages) < 2:
+        return {}
+    n = len(passages) - 1  # ranked without the passage itself
+    ranked = rank_window_negatives(passages, passages, encode, window_ranks(n, window))
+    return {text: [passages[k] for k in ks][:max_negatives] for text, ks in zip(passages, ranked)}

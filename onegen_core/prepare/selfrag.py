@@ -20,6 +20,8 @@ Reflection tokens stay plain text here: they are not in ``onegen_core.method.tok
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence, Union
 
@@ -34,15 +36,19 @@ from onegen_core.method.segments import (
     escape_special_tokens,
 )
 from onegen_core.method.tokens import PARAGRAPH_CLOSE, PARAGRAPH_OPEN
+from onegen_core.prepare.skips import Skips
 
 __all__ = [
     "NegativeSource",
+    "corpus_passages",
+    "distinct_ids",
     "escape_selfrag",
     "PROMPT_INPUT",
     "PROMPT_NO_INPUT",
     "passage_document",
     "passage_id",
     "reconstruct_selfrag",
+    "reconstruct_with_negatives",
     "selfrag_prompt",
 ]
 
@@ -209,3 +215,35 @@ def reconstruct_selfrag(
         documents=tuple(docs.values()),
         meta={"source": "selfrag", "dataset_name": example.dataset_name, "utility": example.utility},
     )
+
+
+def corpus_passages(records: Iterable[SelfRagExample]) -> list[str]:
+    """Every passage text of the records once, in first-seen order: the corpus hard negatives come from."""
+    return list(dict.fromkeys(par.text for r in records for par in r.paragraphs()))
+
+
+def distinct_ids(examples: Iterable[TrainingExample]) -> list[TrainingExample]:
+    """The examples with repeated ids told apart: the published Self-RAG file merges sources whose ids
+    repeat, so the second and later examples of an id become `{id}~2`, `{id}~3`, … and all of them train."""
+    seen: Counter = Counter()
+    out = []
+    for ex in examples:
+        seen[ex.id] += 1
+        out.append(ex if seen[ex.id] == 1 else replace(ex, id=f"{ex.id}~{seen[ex.id]}"))
+    return out
+
+
+def reconstruct_with_negatives(records: Iterable[SelfRagExample], passages: Sequence[str],
+                               negatives_of: Mapping[str, Sequence[str]], skips: Skips) -> list[TrainingExample]:
+    """Each record's example, the hard negatives of each passage those `negatives_of` gives for its text
+    (ids by :func:`passage_id` over `passages`), repeated ids told apart (:func:`distinct_ids`). A record
+    that cannot become an example is skipped, counted in `skips` under task 'selfrag'."""
+    texts = {passage_id(t): t for t in passages}
+    out = []
+    for r in records:
+        negs = {k: [passage_id(t) for t in negatives_of.get(par.text, [])] for k, par in enumerate(r.paragraphs())}
+        try:
+            out.append(reconstruct_selfrag(r, negs, texts))
+        except ValueError as e:
+            skips.add("selfrag", f"record {r.id!r}", str(e))
+    return distinct_ids(out)

@@ -13,7 +13,7 @@ Only the trainable layers: the frozen ones run once per sequence (their output i
 lengths instead of a recompilation per length. The weights, the state dict and the checkpoint are those
 of the uncompiled modules (`nn.Module.compile` compiles in place), so inference loads them as usual.
 Under LoRA (`lora.enabled`) the peft-wrapped layers compile the same way and merge into the same plain
-checkpoint (tests/test_compiled.py); ZeRO-3 is refused (`tasks.deepspeed_config.check_compile_support`).
+checkpoint (tests/test_compiled.py); ZeRO-3 is refused (`tasks.adapters.deepspeed_config.check_compile_support`).
 """
 from __future__ import annotations
 

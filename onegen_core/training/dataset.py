@@ -3,49 +3,37 @@ the tiny backbone's tokenizer is trained on."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from onegen_core.config import TASKS, TrainDataConfig
 from onegen_core.data import DataError, load_passages
+from onegen_core.data.strict_json import read_jsonl
 from onegen_core.method.segments import ExampleError, TrainingExample
 
 
 def read_examples(path: str | Path) -> Iterator[TrainingExample]:
     """Every example of a training file, in order. Strict: bytes that are not UTF-8 (a BOM is allowed),
-    a line that is not JSON, a malformed example, a task that is not one of `config.TASKS` (a typo would
-    drop the example silently) and an id given twice are `DataError`s naming file, line and field."""
+    a line that is not JSON (`read_jsonl`), a malformed example, a task that is not one of `config.TASKS`
+    (a typo would drop the example silently) and an id given twice are `DataError`s naming file, line and
+    field."""
     file = str(path)
     seen: dict[str, int] = {}
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            line_at = f"line {n}"
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(file, line_at, "<encoding>", f"not valid UTF-8: {e}") from None
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(file, line_at, "<json>", f"invalid JSON at column {e.colno}: {e.msg}") from None
-            except RecursionError:
-                raise DataError(file, line_at, "<json>", "JSON nested too deeply to read") from None
-            try:
-                ex = TrainingExample.from_dict(data, where=f"{file}:{n}")
-            except ExampleError as e:
-                raise DataError(file, f"{line_at} (id {e.example_id!r})", e.field, e.message) from None
-            except ValueError as e:  # a Document's own checks
-                raise DataError(file, line_at, "documents", str(e)) from None
-            if ex.task not in TASKS:
-                raise DataError(file, f"{line_at} (id {ex.id!r})", "task",
-                                f"unknown task {ex.task!r} (known: {', '.join(TASKS)})")
-            first = seen.setdefault(ex.id, n)
-            if first != n:
-                raise DataError(file, f"{line_at} (id {ex.id!r})", "id", f"duplicate id (first at line {first})")
-            yield ex
+    for n, data in read_jsonl(path):
+        line_at = f"line {n}"
+        try:
+            ex = TrainingExample.from_dict(data, where=f"{file}:{n}")
+        except ExampleError as e:
+            raise DataError(file, f"{line_at} (id {e.example_id!r})", e.field, e.message) from None
+        except ValueError as e:  # a Document's own checks
+            raise DataError(file, line_at, "documents", str(e)) from None
+        if ex.task not in TASKS:
+            raise DataError(file, f"{line_at} (id {ex.id!r})", "task",
+                            f"unknown task {ex.task!r} (known: {', '.join(TASKS)})")
+        first = seen.setdefault(ex.id, n)
+        if first != n:
+            raise DataError(file, f"{line_at} (id {ex.id!r})", "id", f"duplicate id (first at line {first})")
+        yield ex
 
 
 def load_examples(path: str | Path, tasks: list[str],

@@ -6,7 +6,8 @@
   queue, per-request deadlines and cancellation; a failing request fails alone).
 - `app`: the HTTP API (FastAPI) and the web page at `/` (`webui/index.html`, no build step).
 - `corpus`: a user's documents (JSONL or a folder of .txt/.md) into the index, resumable.
-- `commands`: the CLI subcommands `flows/cli.py` dispatches to.
+- `cli`: the options of the four subcommands (`add_commands`, which `flows/cli.py` registers);
+  `commands`: the code that runs them (`run(args)`, which `flows/cli.py` dispatches to).
 - `tiny`: a tiny checkpoint and index trained in seconds, for tests and the load bench.
 
 Nothing here is a DVC stage; docs/SERVING.md describes the commands and the API.

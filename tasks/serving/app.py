@@ -197,166 +197,211 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = None,
-               engine: BatchingEngine | None = None) -> FastAPI:
-    """The FastAPI app over `service`; the batching engine starts now and stops with the app."""
-    engine = engine or BatchingEngine(service, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue)
-    page = WEBUI.read_text(encoding="utf-8")
-    served_names = {service.checkpoint_id, service.checkpoint, str(Path(service.checkpoint).resolve()), "onegen"}
-    known = {"/v1/ask": _known_fields(AskBody), "/v1/link": _known_fields(LinkBody)}
+def _timeout_message(cfg: ServeConfig) -> str:
+    return f"the request took longer than {cfg.request_timeout_s:g} s (serve.request_timeout_s)"
+
+
+# handlers that need nothing but the request and the error
+
+async def refused(request: Request, exc: InvalidRequest) -> JSONResponse:
+    """A request the service refuses (a bad value, an oversized text): 400 naming the field."""
+    return error_response(400, exc.message, exc.param)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, unparsable body) in the vLLM error shape."""
+    message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI: not UTF-8 JSON
+        message = "the request body is not valid JSON (it must be UTF-8 text)"
+    return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None))
+
+
+async def crash(request: Request, exc: Exception) -> JSONResponse:
+    """Anything else: logged with its traceback, answered 500; the server keeps running."""
+    log.exception("%s %s failed", request.method, request.url.path)
+    return error_response(500, f"internal error ({type(exc).__name__}); the server keeps running")
+
+
+async def favicon() -> Response:
+    return Response(status_code=204)
+
+
+class Routes:
+    """The API's handlers over one model service and its batching engine (`create_app` registers them;
+    a test can call any of them). Each request becomes a `Job` for the engine; a plain request waits for
+    its result, a streaming one forwards the engine's events as server-sent events."""
+
+    def __init__(self, service: ModelService, cfg: ServeConfig, api_key: str | None, engine: BatchingEngine) -> None:
+        self.service, self.cfg, self.api_key, self.engine = service, cfg, api_key, engine
+        self.page = WEBUI.read_text(encoding="utf-8")
+        # what a request's `model` may say: the checkpoint's id, its path as given or resolved, or 'onegen'
+        self.served_names = {service.checkpoint_id, service.checkpoint, str(Path(service.checkpoint).resolve()),
+                             "onegen"}
+        self.known = {"/v1/ask": _known_fields(AskBody), "/v1/link": _known_fields(LinkBody)}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """The engine runs from the start; it stops (its worker joined) when the app shuts down."""
         yield
-        await run_in_threadpool(engine.close)
+        await run_in_threadpool(self.engine.close)
 
-    app = FastAPI(title="onegen", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,
-                  description="OneGen: one model that generates and retrieves in one pass. docs/SERVING.md")
-    app.state.engine = engine
-    app.state.service = service
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=4 * cfg.max_text_chars + 16_384)
+    # ---------------------------------------------------------------- errors that need the service
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(self, request: Request, exc: RequestValidationError) -> JSONResponse:
+        """What FastAPI would answer 422: 400 (vLLM's choice) naming the field as the client spelt it."""
         if "json" not in request.headers.get("content-type", ""):
             return error_response(400, "send the request body as a JSON object with 'Content-Type: application/json'")
-        param, message = _validation_message(list(exc.errors()), known, request.url.path)
+        param, message = _validation_message(list(exc.errors()), self.known, request.url.path)
         return error_response(400, message, param)
 
-    @app.exception_handler(InvalidRequest)
-    async def _refused(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return error_response(400, exc.message, exc.param)
+    async def unknown_model(self, request: Request, exc: ModelNotServed) -> JSONResponse:
+        return error_response(404, f"model {exc.name!r} is not served here; this server serves checkpoint "
+                                   f"{self.service.checkpoint_id} ({self.service.checkpoint})", "model")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI: not UTF-8 JSON
-            message = "the request body is not valid JSON (it must be UTF-8 text)"
-        return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); the server keeps running")
-
-    def check_model(name: str | None) -> None:
-        if name is not None and name not in served_names:
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.served_names:
             raise ModelNotServed(name)
 
-    @app.exception_handler(ModelNotServed)
-    async def _unknown_model(request: Request, exc: ModelNotServed) -> JSONResponse:
-        return error_response(404, f"model {exc.name!r} is not served here; this server serves checkpoint "
-                                   f"{service.checkpoint_id} ({service.checkpoint})", "model")
+    # ---------------------------------------------------------------- routes
 
-    async def run(request: Request, kind: str, item: Any, rows: int, key: tuple, stream: bool, replayable: bool,
-                  shape: Callable[[dict], dict]) -> Response:
-        deadline = time.monotonic() + cfg.request_timeout_s
+    async def ask(self, body: AskBody, request: Request) -> Response:
+        self.check_model(body.model)
+        opts = self.service.ask_options(body.max_tokens, body.max_retrievals, body.top_k, body.temperature,
+                                        body.top_p, body.seed)
+        item = self.service.ask_input(body.question, opts)
+        return await self.submit(request, "ask", item, 1, opts.batch_key(), body.stream, opts.temperature == 0,
+                                 lambda r: r)
+
+    async def link(self, body: LinkBody, request: Request) -> Response:
+        self.check_model(body.model)
+        opts = self.service.link_options(body.top_k, body.max_retrievals)
+        item = self.service.link_input(body.text, opts)
+        shape = (lambda r: elevant_article(r)) if body.format == "elevant" else (lambda r: r)
+        return await self.submit(request, "link", item, max(1, len(item.windows)), opts.batch_key(), body.stream,
+                                 True, shape)
+
+    async def health(self) -> JSONResponse:
+        status = self.engine.status()
+        ok = status["alive"]
+        return JSONResponse({"status": "ok" if ok else "unavailable", "model": self.service.checkpoint_id,
+                             "link": self.service.entities is not None, "auth": self.api_key is not None,
+                             "engine": status}, status_code=200 if ok else 503)
+
+    async def info(self) -> JSONResponse:
+        data = await run_in_threadpool(self.service.info)
+        data["engine"] = self.engine.status()
+        return JSONResponse(data)
+
+    async def index_page(self) -> HTMLResponse:
+        return HTMLResponse(self.page, headers={"Cache-Control": "no-cache"})
+
+    # ---------------------------------------------------------------- one request through the engine
+
+    async def submit(self, request: Request, kind: str, item: Any, rows: int, key: tuple, stream: bool,
+                     replayable: bool, shape: Callable[[dict], dict]) -> Response:
+        """Queue one request as a `Job` of `rows` engine rows (its deadline starts now): 429 when the queue
+        is full, 503 when the engine stopped; then its answer as one JSON object, or as a stream of events
+        (`shape` turns the service's result into the response's)."""
+        deadline = time.monotonic() + self.cfg.request_timeout_s
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         sink = (lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)) if stream else None
         job = Job(kind, item, rows, key, deadline, sink=sink, replayable=replayable)
         try:
-            engine.submit(job)
+            self.engine.submit(job)
         except QueueFull as e:
             return error_response(429, f"the server is busy: {e}; retry shortly", None, headers={"Retry-After": "1"})
         except EngineStopped as e:
             return error_response(503, str(e), None, headers={"Retry-After": "5"})
         if not stream:
-            waiter = asyncio.ensure_future(asyncio.wrap_future(job.future))
-            gone = asyncio.ensure_future(_client_gone(request))
-            try:
-                # the engine enforces the deadline; the grace covers a batch that is slow to stop
-                done, _ = await asyncio.wait({waiter, gone}, timeout=cfg.request_timeout_s + 5.0,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                job.cancel()
-                raise
-            finally:
-                gone.cancel()
-            if waiter not in done:
-                job.cancel()  # its row stops before its next token, or it leaves the queue
-                waiter.cancel()
-                if gone in done:  # nobody reads this answer
-                    return error_response(499, "the client closed the connection; its request was stopped")
-                return error_response(504, f"the request took longer than {cfg.request_timeout_s:g} s "
-                                           f"(serve.request_timeout_s)")
-            try:
-                result = waiter.result()
-            except RequestTimeout:
-                return error_response(504, f"the request took longer than {cfg.request_timeout_s:g} s "
-                                           f"(serve.request_timeout_s)")
-            except RequestCancelled as e:
-                return error_response(503, str(e))
-            except InvalidRequest as e:
-                return error_response(400, e.message, e.param)
-            except EngineStopped as e:
-                return error_response(503, str(e), headers={"Retry-After": "5"})
-            except Exception as e:  # noqa: BLE001 - this request failed; the server goes on
-                log.error("%s request failed: %s: %s", kind, type(e).__name__, e)
-                return error_response(500, f"generation failed ({type(e).__name__}: {e})")
-            return JSONResponse(shape(result))
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                while True:
-                    try:
-                        ev = await asyncio.wait_for(queue.get(), PING_SECONDS)
-                    except TimeoutError:
-                        yield ": ping\n\n"
-                        continue
-                    kind_ = ev["type"]
-                    if kind_ == "done":
-                        yield _sse("done", {"type": "done", "result": shape(ev["result"])})
-                        break
-                    if kind_ == "error":
-                        yield _sse("error", {"type": "error", **_stream_error(ev["error"], cfg)})
-                        break
-                    yield _sse(kind_, ev)
-                yield "data: [DONE]\n\n"
-            finally:
-                job.cancel()  # no-op when finished; stops the row when the client went away
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+            return await self.answer(request, job, shape)
+        return StreamingResponse(sse_events(queue, job, shape, self.cfg), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/ask", summary="answer a question, retrieving with the [RQ] hidden state as it generates")
-    async def ask(body: AskBody, request: Request) -> Response:
-        check_model(body.model)
-        opts = service.ask_options(body.max_tokens, body.max_retrievals, body.top_k, body.temperature,
-                                   body.top_p, body.seed)
-        item = service.ask_input(body.question, opts)
-        return await run(request, "ask", item, 1, opts.batch_key(), body.stream, opts.temperature == 0, lambda r: r)
+    async def answer(self, request: Request, job: Job, shape: Callable[[dict], dict]) -> Response:
+        """Wait for a plain request's result; a client that leaves stops it (499), so does the deadline (504)."""
+        cfg = self.cfg
+        waiter = asyncio.ensure_future(asyncio.wrap_future(job.future))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            # the engine enforces the deadline; the grace covers a batch that is slow to stop
+            done, _ = await asyncio.wait({waiter, gone}, timeout=cfg.request_timeout_s + 5.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if waiter not in done:
+            job.cancel()  # its row stops before its next token, or it leaves the queue
+            waiter.cancel()
+            if gone in done:  # nobody reads this answer
+                return error_response(499, "the client closed the connection; its request was stopped")
+            return error_response(504, _timeout_message(cfg))
+        try:
+            result = waiter.result()
+        except RequestTimeout:
+            return error_response(504, _timeout_message(cfg))
+        except RequestCancelled as e:
+            return error_response(503, str(e))
+        except InvalidRequest as e:
+            return error_response(400, e.message, e.param)
+        except EngineStopped as e:
+            return error_response(503, str(e), headers={"Retry-After": "5"})
+        except Exception as e:  # noqa: BLE001 - this request failed; the server goes on
+            log.error("%s request failed: %s: %s", job.kind, type(e).__name__, e)
+            return error_response(500, f"generation failed ({type(e).__name__}: {e})")
+        return JSONResponse(shape(result))
 
-    @app.post("/v1/link", summary="mark entity mentions in a text and link each to the entity table")
-    async def link(body: LinkBody, request: Request) -> Response:
-        check_model(body.model)
-        opts = service.link_options(body.top_k, body.max_retrievals)
-        item = service.link_input(body.text, opts)
-        shape = (lambda r: elevant_article(r)) if body.format == "elevant" else (lambda r: r)
-        return await run(request, "link", item, max(1, len(item.windows)), opts.batch_key(), body.stream, True, shape)
 
-    @app.get("/v1/health", summary="liveness: 200 while the engine runs (no API key needed)")
-    async def health() -> JSONResponse:
-        status = engine.status()
-        ok = status["alive"]
-        return JSONResponse({"status": "ok" if ok else "unavailable", "model": service.checkpoint_id,
-                             "link": service.entities is not None, "auth": api_key is not None, "engine": status},
-                            status_code=200 if ok else 503)
+async def sse_events(queue: asyncio.Queue, job: Job, shape: Callable[[dict], dict],
+                     cfg: ServeConfig) -> AsyncIterator[str]:
+    """The server-sent events of a streaming request: each engine event as `event: <type>` + `data:
+    <json>`, the result shaped in `done`, a failure as `error`, then `data: [DONE]`; a `: ping` comment
+    whenever the engine is silent for PING_SECONDS. The job is cancelled when the stream ends, so a
+    client that goes away stops its row."""
+    try:
+        while True:
+            try:
+                ev = await asyncio.wait_for(queue.get(), PING_SECONDS)
+            except TimeoutError:
+                yield ": ping\n\n"
+                continue
+            kind = ev["type"]
+            if kind == "done":
+                yield _sse("done", {"type": "done", "result": shape(ev["result"])})
+                break
+            if kind == "error":
+                yield _sse("error", {"type": "error", **_stream_error(ev["error"], cfg)})
+                break
+            yield _sse(kind, ev)
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # no-op when finished; stops the row when the client went away
 
-    @app.get("/v1/info", summary="checkpoint, index tables, request defaults and limits")
-    async def info() -> JSONResponse:
-        data = await run_in_threadpool(service.info)
-        data["engine"] = engine.status()
-        return JSONResponse(data)
 
-    @app.get("/", include_in_schema=False)
-    async def index_page() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon() -> Response:
-        return Response(status_code=204)
-
+def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = None,
+               engine: BatchingEngine | None = None) -> FastAPI:
+    """The FastAPI app over `service`; the batching engine starts now and stops with the app."""
+    engine = engine or BatchingEngine(service, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue)
+    routes = Routes(service, cfg, api_key, engine)
+    app = FastAPI(title="onegen", version="1", lifespan=routes.lifespan, docs_url="/docs", redoc_url=None,
+                  description="OneGen: one model that generates and retrieves in one pass. docs/SERVING.md")
+    app.state.engine = engine
+    app.state.service = service
+    app.state.routes = routes
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=4 * cfg.max_text_chars + 16_384)
+    app.add_exception_handler(RequestValidationError, routes.invalid)
+    app.add_exception_handler(InvalidRequest, refused)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)
+    app.add_exception_handler(ModelNotServed, routes.unknown_model)
+    app.post("/v1/ask", summary="answer a question, retrieving with the [RQ] hidden state as it generates")(routes.ask)
+    app.post("/v1/link", summary="mark entity mentions in a text and link each to the entity table")(routes.link)
+    app.get("/v1/health", summary="liveness: 200 while the engine runs (no API key needed)")(routes.health)
+    app.get("/v1/info", summary="checkpoint, index tables, request defaults and limits")(routes.info)
+    app.get("/", include_in_schema=False)(routes.index_page)
+    app.get("/favicon.ico", include_in_schema=False)(favicon)
     return app
 
 
@@ -373,7 +418,7 @@ async def _client_gone(request: Request) -> None:
 
 def _stream_error(error: BaseException, cfg: ServeConfig) -> dict:
     if isinstance(error, RequestTimeout):
-        return error_body(504, f"the request took longer than {cfg.request_timeout_s:g} s (serve.request_timeout_s)")
+        return error_body(504, _timeout_message(cfg))
     if isinstance(error, InvalidRequest):
         return error_body(400, error.message, error.param)
     if isinstance(error, (EngineStopped, RequestCancelled)):

@@ -1,5 +1,6 @@
-"""The `onegen ask`, `onegen link`, `onegen index add|info` and `onegen api` commands (flows/cli.py parses
-the arguments and calls `run(args)`; heavy imports happen here, after parsing).
+"""The `onegen ask`, `onegen link`, `onegen index add|info` and `onegen api` commands (their options are
+defined in tasks/serving/cli.py; flows/cli.py parses them and calls `run(args)`; heavy imports happen
+here, after parsing).
 
 Settings come from the project's params.yaml (+ `--profile`, `-S key=value`): the checkpoint is
 `evaluate.checkpoint`, the index `encode.uri` with tables `encode.table` (passages) and `encode.kb_table`
@@ -244,7 +245,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
 def index_info(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call: the stream may be replaced (tests, redirection)
     from onegen_core.method.backbone import checkpoint_id
-    from tasks.lance_index import LanceIndex, table_names
+    from tasks.adapters.lance_index import LanceIndex, table_names
 
     root, p = _params(args)
     checkpoint, uri = _locations(args, root, p)

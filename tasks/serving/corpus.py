@@ -4,7 +4,7 @@ PATH is a JSONL file (one `{"id", "title", "text"}` object per line) or a folder
 each cut into passages at blank lines. Every document becomes a `Document` exactly as the encode stage
 builds one from a passage corpus: at `sentence` granularity one [RD] per sentence (`split_sentences`, later
 sentences keep their leading space), at `document` granularity one [RD] per passage. The vectors come
-from `tasks.encode.encode_table`, the stage's own resumable encoder.
+from `tasks.adapters.index_encoding.encode_table`, the encode stage's own resumable encoder.
 
 Ids decide what happens on a re-run: a document whose id is stored with the same content is skipped (an
 interrupted run resumes; running twice adds nothing), one whose id is stored with other content is
@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from onegen_core.data import DataError
+from onegen_core.data.strict_json import read_jsonl as strict_jsonl
 from onegen_core.inference.document_encoding import unit_records
 from onegen_core.inference.index import IndexMismatchError, UnitRecord
 from onegen_core.method.segments import Document
@@ -60,36 +62,48 @@ def _check_id(doc_id: str, where: str) -> None:
         raise CorpusError(f"{where}: field 'id' {doc_id!r} contains '#': unit ids are '<id>#<sentence>'")
 
 
+def _corpus_error(path: Path, e: DataError) -> CorpusError:
+    """The strict reader's error as `onegen index add` has always worded it: `{path}:{line}: ...`."""
+    where = f"{path}:{e.record.removeprefix('line ')}"
+    cause = e.__context__  # the JSONDecodeError that `read_jsonl` replaced (it keeps it as the context)
+    if isinstance(cause, json.JSONDecodeError):
+        return CorpusError(f"{where}: not JSON ({cause.msg} at column {cause.colno})")
+    return CorpusError(f"{where}: {e.message}")
+
+
+def _document(rec: object, where: str, granularity: str) -> Document:
+    """One line's document: `id` (non-empty string), `title` (string, may be empty), `text` (non-empty
+    string), none spelling a special token. Other fields are ignored."""
+    if not isinstance(rec, dict):
+        raise CorpusError(f"{where}: expected an object with id, title, text; got {type(rec).__name__}")
+    for key, required in (("id", True), ("title", False), ("text", True)):
+        value = rec.get(key, None if required else "")
+        if not isinstance(value, str) or (required and not value.strip()):
+            got = "missing" if key not in rec else f"{type(value).__name__} {value!r}"[:80]
+            raise CorpusError(f"{where}: field '{key}': expected a {'non-empty ' if required else ''}string, "
+                              f"got {got}")
+        check_plain_text(value, f"{where}: field '{key}'")
+    doc_id = rec["id"].strip()
+    _check_id(doc_id, where)
+    return Document(id=doc_id, units=_units(rec["text"], granularity), title=rec.get("title", "").strip(),
+                    granularity=granularity)
+
+
 def read_jsonl(path: Path, granularity: str) -> list[Document]:
-    """One document per line: `id` (non-empty string), `title` (string, may be empty), `text` (non-empty
-    string). Other fields are ignored. Errors name the line and the field."""
+    """One document per line (`_document`), read by the strict JSONL reader: bytes that are not UTF-8 and
+    a line that is not JSON are `CorpusError`s too. Errors name the line and the field."""
     docs: list[Document] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    try:
+        for n, rec in strict_jsonl(path):
             where = f"{path}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise CorpusError(f"{where}: expected an object with id, title, text; got {type(rec).__name__}")
-            for key, required in (("id", True), ("title", False), ("text", True)):
-                value = rec.get(key, None if required else "")
-                if not isinstance(value, str) or (required and not value.strip()):
-                    got = "missing" if key not in rec else f"{type(value).__name__} {value!r}"[:80]
-                    raise CorpusError(f"{where}: field '{key}': expected a {'non-empty ' if required else ''}string, "
-                                      f"got {got}")
-                check_plain_text(value, f"{where}: field '{key}'")
-            doc_id = rec["id"].strip()
-            _check_id(doc_id, where)
-            if doc_id in seen:
-                raise CorpusError(f"{where}: field 'id' {doc_id!r} repeats line {seen[doc_id]}")
-            seen[doc_id] = n
-            docs.append(Document(id=doc_id, units=_units(rec["text"], granularity), title=rec.get("title", "").strip(),
-                                 granularity=granularity))
+            doc = _document(rec, where, granularity)
+            if doc.id in seen:
+                raise CorpusError(f"{where}: field 'id' {doc.id!r} repeats line {seen[doc.id]}")
+            seen[doc.id] = n
+            docs.append(doc)
+    except DataError as e:  # only the reader raises one: a record's own errors are CorpusErrors
+        raise _corpus_error(path, e) from None
     return docs
 
 
@@ -180,7 +194,7 @@ def plan(index, docs: list[Document]) -> Plan:
 
 def open_existing(uri: str, table: str):
     """The table as a LanceIndex, or None when it does not exist yet."""
-    from tasks.lance_index import LanceIndex, table_names
+    from tasks.adapters.lance_index import LanceIndex, table_names
 
     if table not in table_names(uri):
         return None
@@ -191,7 +205,7 @@ def add_documents(model, collator, docs: list[Document], uri: str, table: str, c
                   batch_size: int, ann_min_rows: int, update: bool = False) -> dict:
     """Encode `docs` into `uri`/`table` with the checkpoint whose id is `ck` (its path `checkpoint` only
     names it in errors). Returns the counts `onegen index add` prints."""
-    from tasks.encode import encode_table
+    from tasks.adapters.index_encoding import encode_table
 
     t0 = time.perf_counter()
     existing = open_existing(uri, table)
@@ -208,9 +222,9 @@ def add_documents(model, collator, docs: list[Document], uri: str, table: str, c
     if p.changed:
         existing.delete_documents(p.changed)
         log.info("%s/%s: deleted the old units of %d updated documents", uri, table, len(p.changed))
-    counts = encode_table(model, collator, docs, uri, table, ck, batch_size, ann_min_rows, f"index add {table}")
+    done = encode_table(model, collator, docs, uri, table, ck, batch_size, ann_min_rows, f"index add {table}")
     return {"uri": uri, "table": table, "checkpoint_id": ck, "documents": len(docs),
             "documents_new": len(p.new), "documents_unchanged": len(p.unchanged), "documents_updated": len(p.changed),
-            "documents_encoded_now": counts["documents_encoded_now"], "units_in_index": counts["units_in_index"],
-            "units_truncated": counts["units_truncated"], "ann_index": counts["ann_index"],
+            "documents_encoded_now": done.documents_encoded_now, "units_in_index": done.units_in_index,
+            "units_truncated": done.units_truncated, "ann_index": done.ann_index,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from onegen_core.config import BackboneConfig, Params
+from onegen_core.data.elevant import linked_article
+from onegen_core.evaluation.linking import PredictedMention
 from onegen_core.evaluation.multihop import final_answer
 from onegen_core.inference.copy_constraint import CopyConstraint
 from onegen_core.inference.generation import EngineStats, RetrievalEvent, RetrievalPolicy, StreamHooks, generate
@@ -198,7 +200,7 @@ def load_model(checkpoint: str, dtype: str):
 
 def open_index(uri: str, table: str, checkpoint: str, ck: str):
     """The LanceDB table, refused with both ids named when another checkpoint encoded it."""
-    from tasks.lance_index import LanceIndex, table_names
+    from tasks.adapters.lance_index import LanceIndex, table_names
 
     if table not in table_names(uri):
         raise FileNotFoundError(f"index {uri}: no table {table!r} (encode one with `dvc repro encode` or "
@@ -488,16 +490,10 @@ def _range(param: str, value: int, lo: int, hi: int, setting: str | None) -> Non
 
 
 def elevant_article(result: dict, article_id: int | str = 0, recognized_by: str = "onegen") -> dict:
-    """A `link` result as ELEVANT's linked-articles JSONL writes an article (the shape of the evaluate
-    stage's export: keys in ELEVANT's order, `entity_mentions` by span, an unlinked mention `<NIL>`,
-    sorted `candidates` that include the linked id)."""
-    art: dict[str, Any] = {"id": article_id, "title": "", "text": result["text"]}
-    mentions = [{"span": [m["start"], m["end"]], "id": m["entity"]["id"] if m["entity"] else "<NIL>",
-                 "recognized_by": recognized_by, "linked_by": recognized_by,
-                 "candidates": sorted({c["id"] for c in m["candidates"]} | {m["entity"]["id"] if m["entity"] else "<NIL>"})}
-                for m in sorted(result["mentions"], key=lambda m: (m["start"], m["end"]))]
-    if mentions:
-        art["entity_mentions"] = mentions
-    art["evaluation_span"] = [0, len(result["text"])]
-    art["labels"] = []
-    return art
+    """A `link` result as ELEVANT's linked-articles JSONL writes an article: built by the function that
+    builds the evaluate stage's export (`onegen_core.data.elevant.linked_article`), so both have one
+    shape (keys in ELEVANT's order, `entity_mentions` by span, an unlinked mention `<NIL>`, sorted
+    `candidates` that include the linked id)."""
+    mentions = [PredictedMention(m["start"], m["end"], m["entity"]["id"] if m["entity"] else None,
+                                 candidates=[c["id"] for c in m["candidates"]]) for m in result["mentions"]]
+    return linked_article({"id": article_id, "text": result["text"]}, mentions, recognized_by)
