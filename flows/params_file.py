@@ -135,6 +135,27 @@ def _back_up(root: Path, path: Path) -> str:
     return saved
 
 
+def refuse_profile_shadowing(root: Path, doc: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """The stages read params.yaml, then lay the profile it names over it: an override written into
+    params.yaml for a key that profile also sets would be silently undone. Such an override is a
+    `FlowError` naming the key and the profile (unless it equals the profile's own value)."""
+    profile = overrides.get("profile", doc.get("profile")) or ""
+    if not profile:
+        return
+    overlay = yaml.safe_load((root / "profiles" / f"{profile}.yaml").read_text()) or {}
+    for key, value in overrides.items():
+        node: Any = overlay
+        for part in key.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is not _UNSET and node != value:
+            raise FlowError(f"-S {key}={value}: profile '{profile}' sets {key}: {node} and the stages lay the "
+                            f"profile over params.yaml, so the override would not take effect; edit "
+                            f"profiles/{profile}.yaml, or run without the profile. params.yaml untouched")
+
+
+_UNSET = object()
+
+
 def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger | Any,
                     backup: bool = True) -> dict[str, tuple[Any, Any]]:
     """Write `overrides` (dotted key -> value) into params.yaml so DVC sees them, as `dvc exp run -S` does:
@@ -155,6 +176,7 @@ def write_overrides(root: Path, overrides: dict[str, Any], log: logging.Logger |
     text = path.read_text()
     y = round_trip_yaml()
     doc = y.load(text)
+    refuse_profile_shadowing(root, dict(doc), overrides)
     changes = apply_overrides(doc, overrides)
     if not changes:
         log.info("params.yaml already holds the %d override(s); not rewritten", len(overrides))

@@ -46,3 +46,28 @@ def test_apply_overrides_changes_existing_keys_and_keeps_comments():
         apply_overrides(doc, {"train.stepz": 1})
     with pytest.raises(FlowError, match="no key 'loss.kind.x'"):
         apply_overrides(doc, {"loss.kind.x": 1})
+
+
+def test_an_override_the_profile_would_undo_is_refused(tmp_path):
+    """`onegen repro --profile X -S key=v` with X setting `key`: the stages lay the profile over params.yaml,
+    so the written override would be silently undone. Refused, params.yaml untouched; an override equal to the
+    profile's value, or of a key the profile leaves alone, goes through."""
+    import logging
+    import shutil
+
+    import pytest
+
+    from flows.params_file import write_overrides
+    from flows.project import FlowError
+    from tests.conftest import ROOT
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    before = (tmp_path / "params.yaml").read_text()
+    log = logging.getLogger("test")
+    with pytest.raises(FlowError, match="profile 'tiny' sets distributed.num_workers: 2"):
+        write_overrides(tmp_path, {"profile": "tiny", "distributed.num_workers": 3}, log, backup=False)
+    assert (tmp_path / "params.yaml").read_text() == before
+    changes = write_overrides(tmp_path, {"profile": "tiny", "distributed.num_workers": 2, "train.seed": 7}, log,
+                              backup=False)
+    assert set(changes) == {"profile", "distributed.num_workers", "train.seed"}
