@@ -261,7 +261,10 @@ class DistributedConfig(_Section):
     threads_per_worker: int = _f(1, "torch intra-op threads per worker (CPU)", ge=1)
     deepspeed_config: str = _f("infra/deepspeed/zero3.json", "DeepSpeed config; 'auto' values are filled from train/distributed")
     bf16: bool = _f(False, "bf16 mixed precision (GPU profiles); fp32 on CPU")
-    ray_address: str = _f("", "Ray cluster to join ('' = start a local Ray; 'auto'; 'ray://head:10001')")
+    ray_address: str = _f("", "Ray cluster to join ('' = start a local Ray; 'auto'; 'ray://head:10001'; "
+                          "'127.0.0.2:26379' for infra/ray/local-cluster.sh); encode/evaluate with executor: ray join it too")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _f(
+        "PACK", "where Ray places the workers: PACK (fill a node first: NVLink between GPU ranks), SPREAD (one per node when it can)")
     storage_path: str = _f("runs/ray", "where Ray Train keeps checkpoints (local dir, s3://…, or a shared filesystem on a cluster)")
     checkpoint_every: int = _f(50, "report a checkpoint every N optimizer steps (and after the last)", ge=1)
     keep_checkpoints: int = _f(2, "checkpoints kept per run (older ones are deleted)", ge=1)
@@ -364,6 +367,8 @@ class EncodeConfig(_Section):
     report_path: str = _f("metrics/encode.json", "counts of what was encoded")
     kb: str = _f("", "entity KB JSONL (id, title, description) encoded as `{title}: {description} [RD]`; '' = none")
     kb_table: str = _f("entities", "table of the entity KB's vectors (entity linking retrieves from it)")
+    executor: Literal["local", "ray"] = _f("local", "local: one process; ray: Ray Data actors (ray_data.*) on the "
+                                           "cluster of distributed.ray_address, rows appended to the same tables")
 
 
 @dataclass
@@ -391,6 +396,8 @@ class EvaluateConfig(_Section):
     out_dir: str = _f("reports/evaluate", "report.md, plots and per-example predictions (JSONL, ELEVANT JSONL)")
     metrics_path: str = _f("metrics/evaluate.json", "DVC metrics")
     log_mlflow: bool = _f(True, "log metrics and the report to the MLflow run that trained the checkpoint")
+    executor: Literal["local", "ray"] = _f("local", "local: one process; ray: OneGen's generation batches through "
+                                           "Ray Data actors (ray_data.*), each holding the model and the index")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -403,6 +410,27 @@ class EvaluateConfig(_Section):
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class RayDataConfig(_Section):
+    """Ray Data actor pools of model replicas (`encode.executor: ray`, `evaluate.executor: ray`)."""
+
+    actors_min: int = _f(1, "actors (model replicas) the pool starts with", ge=1)
+    actors_max: int = _f(2, "actors the pool may grow to (one per GPU on a GPU cluster)", ge=1)
+    cpus_per_actor: float = _f(1.0, "CPUs Ray reserves per actor (its torch threads)", gt=0)
+    gpus_per_actor: float = _f(1.0, "GPUs per actor when the cluster has GPUs (none are asked for on a CPU cluster)", ge=0)
+    # whole-CPU read/write tasks beside one 1-CPU actor per node starve each other: Ray Data then waits
+    # for resources with no error. A fraction lets them share the actors' nodes.
+    task_cpus: float = _f(0.25, "CPUs per Ray Data read/write task", gt=0, le=1)
+    commit_every: int = _f(2000, "encode: documents per Lance commit (an interrupted run loses at most one)", ge=1)
+    actors_start_timeout_s: float = _f(600.0, "a pool whose actors_min replicas are not all up (model loaded) by then "
+                                       "fails, naming resources, rather than waiting silently", gt=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.actors_max < self.actors_min:
+            raise ConfigError(f"ray_data.actors_max ({self.actors_max}) < ray_data.actors_min ({self.actors_min})")
 
 
 @dataclass
@@ -461,6 +489,7 @@ class Params:
     label: LabelConfig = field(default_factory=LabelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    ray_data: RayDataConfig = field(default_factory=RayDataConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
 """DVC stage `encode`: the trained model encodes every document as `{document} [RD]` into LanceDB.
 
 Resumable: the table records the checkpoint; re-running with the same checkpoint skips documents whose
-units are all stored and appends the rest, so an interrupted run loses at most one batch.
+units are all stored and appends the rest, so an interrupted run loses at most one batch (one commit of
+`ray_data.commit_every` documents with `encode.executor: ray`, where Ray Data actors hold model replicas on
+the Ray of `distributed.ray_address`: tasks/adapters/ray_encoding.py).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import logging
 import time
 
-from onegen_core.config import BackboneConfig, EncodeConfig, LossConfig
+from onegen_core.config import BackboneConfig, EncodeConfig, LossConfig, RayDataConfig
 from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
 from onegen_core.data.atomic_write import write_text_atomic
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
@@ -40,20 +42,27 @@ def collect_documents(cfg: EncodeConfig) -> list[Document]:
     return list(unique.values())
 
 
-def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
-    """`dtype`: the checkpoint's weights dtype while encoding (params backbone.inference_dtype)."""
+def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | None = None, ray_address: str = "") -> dict:
+    """`dtype`: the checkpoint's weights dtype while encoding (params backbone.inference_dtype); `ray_data`:
+    encode on Ray Data actors (`encode.executor: ray`) on the Ray of `ray_address` ('' = a local Ray)."""
     t0 = time.perf_counter()
     lm, tokenizer, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=dtype))
     ck = checkpoint_id(cfg.checkpoint)
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
-    units = encode_table(model, collator, collect_documents(cfg), cfg.uri, cfg.table, ck, cfg.batch_size,
-                         cfg.ann_min_rows, "encode passages")
-    report = {"checkpoint_id": ck, "uri": cfg.uri, **units.to_dict()}
+    tables = [(cfg.table, collect_documents(cfg), "encode passages")]
     if cfg.kb:
-        kb_docs = documents_from_kb(load_kb(cfg.kb))
-        report["kb"] = encode_table(model, collator, kb_docs, cfg.uri, cfg.kb_table, ck, cfg.batch_size,
-                                    cfg.ann_min_rows, "encode entities").to_dict()
+        tables.append((cfg.kb_table, documents_from_kb(load_kb(cfg.kb)), "encode entities"))
+    if ray_data is None:
+        done = [encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows, desc)
+                for table, docs, desc in tables]
+    else:
+        from tasks.adapters.ray_encoding import encode_on_ray
+
+        done = encode_on_ray(tables, cfg, ray_data, ray_address, dtype, lm.config.hidden_size, ck)
+    report = {"checkpoint_id": ck, "uri": cfg.uri, **done[0].to_dict()}
+    if cfg.kb:
+        report["kb"] = done[1].to_dict()
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_text_atomic(cfg.report_path, json.dumps(report, indent=2))  # no final newline, as it always was
     log.info("encoded: %s", report)
@@ -66,7 +75,8 @@ def run(cfg: EncodeConfig, dtype: str = "float32") -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = stage_params(__doc__, argv)
-    run(p.encode, resolve_inference_dtype(p.backbone.inference_dtype))
+    run(p.encode, resolve_inference_dtype(p.backbone.inference_dtype),
+        p.ray_data if p.encode.executor == "ray" else None, p.distributed.ray_address)
 
 
 if __name__ == "__main__":

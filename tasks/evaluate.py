@@ -34,6 +34,8 @@ from onegen_core.method.precision import resolve_inference_dtype
 from tasks.adapters import tracking
 from tasks.adapters.eval_systems import (System, ed_baseline_piece, ed_piece, link_piece, multihop_piece,
                                          multihop_systems, system_names)
+from tasks.adapters.ray_evaluation import (LazyRayGenerator, ReplicaSettings, ed_piece_on_ray, link_piece_on_ray,
+                                           multihop_piece_on_ray)
 from tasks.adapters.result_cache import ResultCache, cache_key, mentions_from_json
 from tasks.report.evaluation import headline, write_report
 from tasks.stage_common import machine_record, stage_params, write_json, write_jsonl
@@ -41,8 +43,9 @@ from tasks.stage_common import machine_record, stage_params, write_json, write_j
 log = logging.getLogger("onegen.evaluate")
 
 
-def run_multihop(p: Params, onegen: System, units, dtype: str, cache: ResultCache, out: Path) -> dict:
-    """dataset → setting → system → aggregate; each system's predictions as JSONL under `out`."""
+def run_multihop(p: Params, onegen: System, units, dtype: str, cache: ResultCache, out: Path, remote=None) -> dict:
+    """dataset → setting → system → aggregate; each system's predictions as JSONL under `out`. `remote`: a
+    `LazyRayGenerator` that runs OneGen's batches on Ray Data (`evaluate.executor: ray`)."""
     cfg = p.evaluate
     unit_records = units.records()
     unit_doc = {r.id: r.doc_id for r in unit_records}.get
@@ -62,8 +65,12 @@ def run_multihop(p: Params, onegen: System, units, dtype: str, cache: ResultCach
         for setting in cfg.settings:
             for name in names:
                 piece = f"multihop.{ds}.{setting}.{name}"
-                rows = cache.get_or_put(piece, functools.partial(multihop_piece, piece, systems, name, records,
-                                                                 setting, policy, unit_doc, cfg.batch_size))
+                make = functools.partial(multihop_piece, piece, systems, name, records, setting, policy, unit_doc,
+                                         cfg.batch_size)
+                if remote is not None and name == "onegen":
+                    make = functools.partial(multihop_piece_on_ray, remote, piece, records, setting, cfg.batch_size,
+                                             cfg.max_retrievals, cfg.max_new_tokens)
+                rows = cache.get_or_put(piece, make)
                 agg = aggregate(rows)
                 results.setdefault(ds, {}).setdefault(setting, {})[name] = agg
                 write_jsonl(out / "predictions" / f"{ds}.{setting}.{name}.jsonl", rows)
@@ -72,7 +79,7 @@ def run_multihop(p: Params, onegen: System, units, dtype: str, cache: ResultCach
     return results
 
 
-def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Path) -> dict:
+def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Path, remote=None) -> dict:
     """MD/EL end to end, ED with gold mentions and the ED baselines, scored exactly and by ELEVANT's
     rules; both OneGen passes exported as ELEVANT linked articles under `out`/elevant."""
     from tasks.adapters.lance_index import LanceIndex
@@ -88,15 +95,19 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
     gold = gold_by_article(articles)
     result: dict[str, Any] = {"articles": len(articles), "windows": len(windows),
                               "gold_mentions": sum(len(g) for g in gold.values())}
-    linked = cache.get_or_put("el.link", functools.partial(link_piece, lm, tok, windows, kb, ck, cfg.el_max_retrievals,
-                                                           cfg.el_batch_size, cfg.el_draft_tokens))
+    link = (functools.partial(link_piece, lm, tok, windows, kb, ck, cfg.el_max_retrievals, cfg.el_batch_size,
+                              cfg.el_draft_tokens) if remote is None else
+            functools.partial(link_piece_on_ray, remote, windows, cfg.el_max_retrievals, cfg.el_batch_size,
+                              cfg.el_draft_tokens))
+    linked = cache.get_or_put("el.link", link)
     link_preds = mentions_from_json(linked["predictions"])
     scores = score_linking(articles, link_preds)
     result["windows_by_finish_reason"] = linked["finish"]
     # what the linking pass cost, and how much of the speculative copy's guessing was kept
     result["linking_pass"] = {k: linked.get(k) for k in ("forward_passes", "searches", "draft_tokens_fed",
                                                           "draft_tokens_kept", "seconds")}
-    ed = cache.get_or_put("el.ed.onegen", functools.partial(ed_piece, lm, tok, windows, gold, kb))
+    ed = cache.get_or_put("el.ed.onegen", functools.partial(ed_piece, lm, tok, windows, gold, kb) if remote is None
+                          else functools.partial(ed_piece_on_ray, remote, windows, gold, cfg.el_batch_size))
     ed_preds = mentions_from_json(ed["predictions"])
     ed_scores = score_linking(articles, ed_preds)
     result["ed_mentions_truncated"] = ed["counts"].get("mentions_truncated", 0)
@@ -136,8 +147,19 @@ def run(p: Params) -> dict:
     log.info("evaluating checkpoint %s (%s); partial results in %s", cfg.checkpoint, ck, cache.dir)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "checkpoint_id": ck}
     onegen = System("onegen", lm, tok, units, None, units.checkpoint_id)
-    result["multihop"] = run_multihop(p, onegen, units, dtype, cache, out)
-    result["entity_linking"] = run_entity_linking(p, lm, tok, ck, cache, out)
+    remote = None
+    if cfg.executor == "ray":
+        remote = LazyRayGenerator(ReplicaSettings(cfg.checkpoint, dtype, cfg.index_uri, cfg.units_table, cfg.kb_table,
+                                                  max(1, int(p.ray_data.cpus_per_actor))), p.ray_data,
+                                  p.distributed.ray_address)
+    try:
+        result["multihop"] = run_multihop(p, onegen, units, dtype, cache, out, remote)
+        result["entity_linking"] = run_entity_linking(p, lm, tok, ck, cache, out, remote)
+        if remote is not None and remote.nodes:
+            result["ray_nodes"] = remote.nodes  # where OneGen's batches ran (none if every piece was kept)
+    finally:
+        if remote is not None:
+            remote.close()
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M")  # with the machine: what a results table cites
     result["machine"] = machine_record()

@@ -106,6 +106,12 @@ def gold_sets(a: ElevantArticle) -> tuple[set[tuple], set[tuple]]:
     return required, ignore
 
 
+def length_order(windows: Sequence[Window]) -> list[int]:
+    """The order `link_windows` batches windows in: by text length (a batch's rows copy texts of similar
+    length, so they finish together), ties in input order. A distributed run cuts the same batches."""
+    return sorted(range(len(windows)), key=lambda i: len(windows[i].text))
+
+
 def link_windows(
     model,
     tokenizer,
@@ -127,7 +133,7 @@ def link_windows(
     vocab_bytes = token_bytes(tokenizer)
     by_article: dict[str, list[PredictedMention]] = {}
     finish: Counter = Counter()
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].text))  # similar lengths per batch
+    order = length_order(windows)
     for i in range(0, len(order), batch_size):
         batch = [windows[j] for j in order[i:i + batch_size]]
         prompts = [tok.prompt(w.text + "\n") for w in batch]

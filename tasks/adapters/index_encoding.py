@@ -34,9 +34,15 @@ class EncodedTable:
     units_truncated: int  # units whose [RD] fell past the collator's max_doc_length (not stored)
     documents_truncated: int
     ann_index: bool  # whether an IVF_PQ index was built (tables of at least ann_min_rows rows)
+    ray_nodes: tuple[str, ...] = ()  # encode.executor ray: the nodes whose replicas encoded (empty locally)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.ray_nodes:  # the local report keeps the keys it always had
+            del d["ray_nodes"]
+        else:
+            d["ray_nodes"] = list(self.ray_nodes)
+        return d
 
 
 def encode_table(model: OneGenModel, collator: OneGenCollator, docs: Sequence[Document], uri: str, table: str,

@@ -23,7 +23,8 @@ CHECKPOINT_KEY = b"onegen.checkpoint_id"
 _CHUNK = 500  # ids per `IN (…)` filter: bounded SQL strings however many documents are asked for
 
 
-def _schema(dim: int, checkpoint_id: str) -> pa.Schema:
+def unit_schema(dim: int, checkpoint_id: str) -> pa.Schema:
+    """The schema of a onegen table: unit metadata, the vector, the checkpoint (a column and the metadata)."""
     return pa.schema(
         [
             ("id", pa.string()),
@@ -84,8 +85,14 @@ class LanceIndex:
                 log.info("resuming %s/%s: %d units already encoded", uri, table, existing.count_rows())
                 return cls(uri, table)
             log.info("replacing %s/%s (encoded by %r, now %r)", uri, table, old, checkpoint_id)
-        db.create_table(table, schema=_schema(dim, checkpoint_id), mode="overwrite")
+        db.create_table(table, schema=unit_schema(dim, checkpoint_id), mode="overwrite")
         return cls(uri, table)
+
+    @property
+    def table_uri(self) -> str:
+        """The table's Lance dataset (LanceDB keeps table `t` of database `uri` at `<uri>/t.lance`): what a
+        distributed writer appends to."""
+        return f"{self.uri.rstrip('/')}/{self.table_name}.lance"
 
     def __len__(self) -> int:
         return self.table.count_rows()

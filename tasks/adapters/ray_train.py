@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onegen_core.config import Params
+from tasks.adapters.ray_session import connect, worker_env
 from tasks.adapters.worker_settings import WorkerSettings
 
 # Ray Train 2.60 without a dashboard logs this about once a second for the whole run (its placement-group
@@ -27,25 +28,9 @@ def run_dirs(storage_path: str, run_name: str) -> tuple[str | Path, Path]:
 
 def start_ray(p: Params) -> bool:
     """Join `distributed.ray_address` or start a local Ray; True if this process started it."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray would otherwise write an auth token
-    if ray.is_initialized():
-        return False
-    env = {"OMP_NUM_THREADS": str(p.distributed.threads_per_worker),
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                  str(Path.home() / ".cache" / "onegen" / "torch_extensions")),
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    if not p.distributed.use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA
-    if p.distributed.ray_address:
-        ray.init(address=p.distributed.ray_address, runtime_env={"env_vars": env})
-    else:
-        need = int(p.distributed.num_workers * p.distributed.cpus_per_worker + 0.999)
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=True)
-    return True
+    d = p.distributed
+    return connect(d.ray_address, worker_env(d.threads_per_worker, d.use_gpu),
+                   local_cpus=int(d.num_workers * d.cpus_per_worker + 0.999))
 
 
 def fit(settings: WorkerSettings, storage: str | Path) -> Any:
@@ -61,7 +46,8 @@ def fit(settings: WorkerSettings, storage: str | Path) -> Any:
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=settings.to_config(),
-        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=d.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if d.use_gpu else "gloo"),
         run_config=RunConfig(
             name=settings.run_name,

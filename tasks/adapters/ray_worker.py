@@ -226,6 +226,7 @@ def start_run(settings: WorkerSettings, rank: int, world: int) -> WorkerRun:
     run = WorkerRun(settings, rank, world, total, TrainedModel(engine, lm, tokenizer, special, zero3),
                     train_ex, val_ex, collator, eval_collator)
     run.start_step = restore(engine, settings, rank)
+    record_start(settings, rank, world, run.start_step)
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm
 
@@ -236,6 +237,17 @@ def start_run(settings: WorkerSettings, rank: int, world: int) -> WorkerRun:
         run.bar = tqdm(total=total, desc=f"train ({world} workers)", position=0)
         run.bar.update(run.start_step)
     return run
+
+
+def record_start(settings: WorkerSettings, rank: int, world: int, start_step: int) -> None:
+    """One line per rank each time a worker group starts, in `events.jsonl` beside the step history: the
+    run's own record of where each rank ran and the step it started from (0, or the step after a restored
+    checkpoint: a retry after a lost worker or node shows as a second group start)."""
+    import ray.util
+
+    _append(Path(settings.history_path).with_name("events.jsonl"),
+            {"event": "worker_start", "rank": rank, "world": world, "node_ip": ray.util.get_node_ip_address(),
+             "start_step": start_step, "time": round(time.time(), 3)})
 
 
 def build_lm(init_dir: str, p: Params) -> tuple[torch.nn.Module, Any, list[int]]:

@@ -18,8 +18,9 @@ from onegen_core.data.atomic_write import write_text_atomic
 from onegen_core.evaluation.linking import PredictedMention
 from onegen_core.method.backbone import check_path_id
 
-# settings that say where results go, not what they are: they stay out of the key
-_NOT_IN_KEY = ("out_dir", "metrics_path", "log_mlflow")
+# settings that say where results go, or where they are computed (local or Ray: the same results), not
+# what they are: they stay out of the key
+_NOT_IN_KEY = ("out_dir", "metrics_path", "log_mlflow", "executor")
 
 
 def cache_key(checkpoint_id: str, dtype: str, query_style: str, cfg: EvaluateConfig) -> dict[str, Any]:

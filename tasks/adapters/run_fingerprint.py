@@ -18,6 +18,7 @@ from onegen_core.config import Params, flatten
 
 # settings that change how a run is executed or recorded, not what it computes
 VOLATILE_KEYS = ("distributed.resume_from", "distributed.trust_resume", "distributed.fail_at_step", "distributed.ray_address",
+                 "distributed.placement_strategy",
                  "distributed.storage_path", "distributed.max_failures", "distributed.checkpoint_every",
                  "distributed.keep_checkpoints", "distributed.cpus_per_worker", "distributed.gpus_per_worker", "train.log_every",
                  "train_data.metrics_path", "train.output_dir")

@@ -3,7 +3,8 @@ resume, and how the driver publishes the final weights.
 
 A checkpoint directory (Ray merges every rank's part into one) holds:
 - `deepspeed/<tag>/`: DeepSpeed's sharded state (weights, optimizer, scheduler; client state `step`);
-- `rng_rank<r>.safetensors`: rank r's CPU RNG state, so a resumed run draws what it would have drawn;
+- `rng_rank<r>.safetensors`: rank r's RNG states — the CPU generator and every CUDA device's (dropout on a
+  GPU draws from those) — so a resumed run draws what it would have drawn;
 - `hf/` (rank 0): the full weights in Hugging Face format, LoRA merged in, loadable with from_pretrained;
 - `state.json` (rank 0): step, total steps, DeepSpeed tag and Ray run name.
 """
@@ -87,13 +88,12 @@ class TrainedModel:
 def write_checkpoint(d: Path, model: TrainedModel, settings: WorkerSettings, rank: int, step: int, total: int) -> None:
     """Write this rank's part of the step-`step` checkpoint into `d` (rank 0 adds the HF copy and the
     state file). Every rank must call it: saving and gathering ZeRO-3 weights are collectives."""
-    import torch
     from safetensors.torch import save_file
 
     tag = f"step{step}"
     engine = model.engine
     engine.save_checkpoint(str(d / DS_DIR), tag=tag, client_state={"step": step})
-    save_file({"cpu": torch.get_rng_state()}, str(d / rng_file(rank)))
+    save_file(rng_states(), str(d / rng_file(rank)))
     full = engine._zero3_consolidated_16bit_state_dict() if model.zero3 else engine.module.state_dict()
     if rank == 0:
         save_hf(model, full, d / HF_DIR, settings, step)
@@ -122,7 +122,6 @@ def save_hf(model: TrainedModel, full: dict[str, torch.Tensor], out: Path, setti
 
 def load_state(engine: Any, d: Path, rank: int) -> int:
     """Restore DeepSpeed's state and this rank's RNG from checkpoint `d`; returns the step it holds."""
-    import torch
     from safetensors.torch import load_file
 
     state = json.loads((d / STATE_FILE).read_text())
@@ -131,8 +130,34 @@ def load_state(engine: Any, d: Path, rank: int) -> int:
         raise RuntimeError(f"{d}: DeepSpeed could not load tag {state['tag']}")
     rng = d / rng_file(rank)
     if rng.exists():
-        torch.set_rng_state(load_file(str(rng))["cpu"])
+        restore_rng_states(load_file(str(rng)))
     return int(client["step"])
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """This process's generator states: `cpu`, and `cuda:<i>` for every CUDA device it can see."""
+    import torch
+
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda:{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def restore_rng_states(states: dict[str, torch.Tensor]) -> None:
+    """Set the generators `rng_states` saved. A checkpoint with CUDA states restored on a process that sees
+    a different number of devices is an error: its dropout masks would differ from the run it resumes."""
+    import torch
+
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[k] for k in sorted((k for k in states if k.startswith("cuda:")), key=lambda k: int(k[5:]))]
+    if not cuda:
+        return
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen != len(cuda):
+        raise RuntimeError(f"the checkpoint holds the RNG states of {len(cuda)} CUDA devices, this process sees "
+                           f"{seen}: a resumed run would not draw what the interrupted one would have")
+    torch.cuda.set_rng_state_all(cuda)
 
 
 def publish_checkpoint(checkpoint: Path, dst: Path) -> Path:

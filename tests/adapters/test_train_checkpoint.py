@@ -94,3 +94,32 @@ def test_publish_checkpoint_replaces_the_output_with_the_hf_copy(tmp_path):
     assert publish_checkpoint(ckpt, dst) == dst
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*")) == ["config.json", "sub", "sub/w.bin"]
     assert sorted(p.name for p in dst.parent.iterdir()) == ["core"]  # no temporary left beside it
+
+
+def test_rng_states_hold_every_cuda_generator_and_restore_them(monkeypatch):
+    """GPU dropout draws from the CUDA generators: a checkpoint keeps each device's state and a resume sets
+    them all back (simulated devices: this machine has no GPU); a different device count is refused."""
+    import pytest
+    import torch
+
+    from tasks.adapters.train_checkpoint import restore_rng_states, rng_states
+
+    devices = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(devices))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(list(states)))
+    states = rng_states()
+    assert sorted(states) == ["cpu", "cuda:0", "cuda:1"]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    states = rng_states()
+    torch.rand(3)  # the generator moves on
+    restore_rng_states(states)
+    assert torch.equal(torch.rand(3), expected)  # the CPU generator is back where it was saved
+    assert [[t.tolist() for t in r] for r in restored] == [[[1, 2], [3, 4]]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="2 CUDA devices, this process sees 1"):
+        restore_rng_states(states)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.method.segments import Document
 from onegen_core.prepare.documents import documents_from_multihop, documents_from_passages
+from tests.stages.conftest import encode_setup
 
 
 def test_unit_records_keep_doc_text():
@@ -59,24 +59,12 @@ def test_document_sources(shared_data):
     assert pas[0].units == ("One sentence.", " Another one.")
 
 
-def _encode_setup(tmp_path, tok, lm, shared_data, n_questions: int, max_doc_length: int):
-    """A saved checkpoint and an EncodeConfig over the first `n_questions` HotpotQA dev questions."""
-    from onegen_core.config import EncodeConfig
-    from onegen_core.method.backbone import save_checkpoint
-
-    ckpt = save_checkpoint(lm, tok, tmp_path / "ckpt", {"tokenizer": "bpe-trained"})
-    sample = tmp_path / "sample.json"
-    sample.write_text(json.dumps(json.loads((shared_data / "hotpotqa" / "dev_distractor_sample.json").read_text())[:n_questions]))
-    return EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(sample)], batch_size=4,
-                        max_doc_length=max_doc_length, report_path=str(tmp_path / "enc.json"))
-
-
 @pytest.mark.slow
 def test_encode_stage_resumes(tmp_path, char_tokenizer, tiny_lm, shared_data):
     pytest.importorskip("lancedb")
     from tasks import encode
 
-    cfg = _encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=2, max_doc_length=4096)
+    cfg = encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=2, max_doc_length=4096)
     first = encode.run(cfg)
     assert first["documents_encoded_now"] == first["documents"] == 20
     assert first["units_in_index"] > 20 and first["units_truncated"] == 0
@@ -92,7 +80,7 @@ def test_encode_resume_never_duplicates_units(tmp_path, char_tokenizer, tiny_lm,
     from tasks import encode
     from tasks.adapters.lance_index import LanceIndex
 
-    cfg = _encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=1, max_doc_length=200)
+    cfg = encode_setup(tmp_path, char_tokenizer, tiny_lm, shared_data, n_questions=1, max_doc_length=200)
     first = encode.run(cfg)
     assert first["units_truncated"] > 0  # some paragraph is longer than 200 characters
     again = encode.run(cfg)

@@ -9,26 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-
-
-@pytest.fixture()
-def small_inputs(tmp_path, shared_data):
-    from onegen_core.data import load_elevant, load_hotpotqa, write_kb
-    from onegen_core.data.multihop import record_to_dict
-    from onegen_core.prepare.entity_kb import build_kb
-
-    hot = tmp_path / "hot.jsonl"
-    recs = load_hotpotqa(shared_data / "hotpotqa" / "dev_distractor_sample.json")[:3]
-    hot.write_text("".join(json.dumps(record_to_dict(r)) + "\n" for r in recs))
-    wiki = tmp_path / "wiki.jsonl"
-    wiki.write_text("".join((shared_data / "2wikimultihopqa" / "dev_sample.jsonl").read_text().splitlines(True)[:2]))
-    el = tmp_path / "spotlight.benchmark.jsonl"
-    lines = (shared_data / "entity_linking" / "elevant" / "spotlight.benchmark.jsonl").read_text().splitlines(True)
-    el.write_text("".join(lines[:2]))
-    entities, _ = build_kb(load_elevant(el), {})
-    kb = tmp_path / "kb.jsonl"
-    write_kb(kb, entities)
-    return {"hot": hot, "wiki": wiki, "el": el, "kb": kb}
+from tests.stages.conftest import evaluate_locally_and_on_ray
 
 
 @pytest.mark.slow
@@ -125,3 +106,11 @@ def test_evaluate_refuses_a_trained_benchmark(tmp_path, small_inputs):
     cfg = p.evaluate
     with pytest.raises(ValueError, match="training benchmark"):
         held_out_articles(cfg.elevant, cfg.el_benchmarks, cfg.max_articles, Path(p.prepare.out_dir) / "el_split.json")
+
+
+@pytest.mark.slow
+def test_evaluate_on_ray_gives_the_local_metrics(tmp_path, monkeypatch, char_tokenizer, tiny_lm, small_inputs):
+    """`evaluate.executor: ray` (replicas on a local Ray, two actors, several jobs each) gives exactly the local
+    run's predictions and metrics: greedy decoding of the same batches."""
+    evaluate_locally_and_on_ray(tmp_path, monkeypatch, char_tokenizer, tiny_lm, small_inputs,
+                                {"ray_data.actors_min": 2, "ray_data.actors_max": 2})

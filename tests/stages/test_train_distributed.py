@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stages.conftest import params_for
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,42 +31,6 @@ def ray_session():
                                        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, shared_data):
-    from onegen_core.config import ReconstructConfig
-    from onegen_core.data import load_hotpotqa
-    from onegen_core.prepare.multihop import hops_from_supporting_facts, reconstruct_multihop
-
-    d = tmp_path_factory.mktemp("train_data")
-    recs = load_hotpotqa(shared_data / "hotpotqa" / "train_sample.json")[:28]
-    cfg = ReconstructConfig(max_negative_paragraphs=3)
-    exs = [reconstruct_multihop(r, hops_from_supporting_facts(r), cfg, 0) for r in recs]
-    for name, part in (("train.jsonl", exs[:24]), ("val.jsonl", exs[24:])):
-        (d / name).write_text("".join(json.dumps(e.to_dict()) + "\n" for e in part))
-    return d
-
-
-def params_for(data_dir: Path, work: Path, **over):
-    from onegen_core.config import load_params
-
-    base = {
-        "profile": "tiny",
-        "backbone.tiny.hidden_size": 64, "backbone.tiny.intermediate_size": 128, "backbone.tiny.num_layers": 2,
-        "tokenizer.vocab_size": 1500, "tokenizer.corpus": [],
-        "train.batch_size": 2, "train.grad_accum": 1, "train.max_length": 512, "train.max_doc_length": 256,
-        "train.lr": 2e-3, "train.epochs": 1, "train.max_steps": 4,
-        "train.output_dir": str(work / "out"),
-        "train_data.train_file": str(data_dir / "train.jsonl"), "train_data.val_file": str(data_dir / "val.jsonl"),
-        "train_data.init_dir": str(data_dir / "init"), "train_data.eval_every": 100,
-        "train_data.val_max_examples": 2, "train_data.metrics_path": str(work / "train.json"),
-        "distributed.storage_path": str(work / "ray"), "distributed.checkpoint_every": 2,
-        "distributed.keep_checkpoints": 5,
-        "mlflow.tracking_uri": f"sqlite:///{work / 'mlruns.db'}", "mlflow.artifact_location": str(work / "art"),
-    }
-    base.update(over)
-    return load_params(ROOT / "params.yaml", base)
 
 
 def history(summary: dict) -> dict[int, dict]:
