@@ -22,15 +22,17 @@ def test_the_folder_is_the_checkpoint_id_and_a_digest_of_the_key(tmp_path):
     assert ResultCache(tmp_path, {**KEY, "max_questions": 5}).dir.name != "0123456789abcdef-69392791364e"
 
 
-def test_the_key_holds_every_evaluate_setting_but_where_outputs_go():
+def test_the_key_holds_every_evaluate_setting_but_where_outputs_go_and_where_they_are_computed():
     cfg = EvaluateConfig(max_questions=7)
     key = cache_key("ck", "bfloat16", "explicit", cfg)
     assert list(key)[:3] == ["checkpoint_id", "dtype", "query_style"]
     assert (key["checkpoint_id"], key["dtype"], key["query_style"], key["max_questions"]) == ("ck", "bfloat16",
                                                                                               "explicit", 7)
     assert set(key) - {"checkpoint_id", "dtype", "query_style"} == set(flatten(cfg)) - {"out_dir", "metrics_path",
-                                                                                       "log_mlflow"}
-    moved = EvaluateConfig(max_questions=7, out_dir="elsewhere", metrics_path="m.json", log_mlflow=False)
+                                                                                       "log_mlflow", "executor"}
+    # a piece computed locally or on Ray is the same piece (tests/stages/test_evaluate_stage.py: equal results)
+    moved = EvaluateConfig(max_questions=7, out_dir="elsewhere", metrics_path="m.json", log_mlflow=False,
+                           executor="ray")
     assert cache_key("ck", "bfloat16", "explicit", moved) == key
 
 

@@ -43,6 +43,20 @@ TINY = {
     "evaluate.settings": ["distractor"], "evaluate.baselines": [], "evaluate.max_new_tokens": 16,
     "evaluate.el_max_chars": 400, "evaluate.el_max_retrievals": 4,
 }
+
+
+def tiny_overrides(leave_out: tuple[tuple[str, str], ...] = ()) -> dict:
+    """The tiny profile's settings as plain overrides, then TINY's on top, with no profile set: the stages lay a
+    profile over params.yaml, so an override of a key the profile also sets would not take effect (`onegen
+    repro` refuses it). `leave_out`: (section, key) of the profile that the caller sets itself."""
+    prof = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    flat = {f"{sec}.{k}": v for sec, d in prof.items() if isinstance(d, dict) for k, v in d.items()
+            if (sec, k) not in leave_out and not isinstance(v, dict)}
+    flat.update({f"{sec}.{k}.{kk}": vv for sec, d in prof.items() if isinstance(d, dict)
+                 for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()})
+    return {**flat, **TINY, "profile": ""}
+
+
 SECRETS = {"OPENAI_API_KEY": "sk-planted-0n3g3n-secret-value", "AWS_SECRET_ACCESS_KEY": "aws-planted-0n3g3n-secret"}
 
 
@@ -359,7 +373,7 @@ def _runs(client, **tags):
 @pytest.mark.slow
 def test_full_repro_deployment_runs_every_stage_then_skips_them(served):
     api, proj, _, _ = served
-    run_id, fr, logs = _run_deployment(served, "onegen/full-repro", {"overrides": TINY})
+    run_id, fr, logs = _run_deployment(served, "onegen/full-repro", {"overrides": tiny_overrides()})
     assert fr["state"]["type"] == "COMPLETED"
     client = _mlflow(proj)
     (parent,) = _runs(client, **{"prefect.flow_run_id": run_id, "onegen.kind": "full-repro"})
@@ -373,7 +387,7 @@ def test_full_repro_deployment_runs_every_stage_then_skips_them(served):
     assert any("Running stage 'train'" in m for m in logs) and any("MLflow:" in m for m in logs)
     assert yaml.safe_load((proj / "params.yaml").read_text())["train"]["max_steps"] == 2
 
-    run2, fr2, logs2 = _run_deployment(served, "onegen/full-repro", {"overrides": TINY})
+    run2, fr2, logs2 = _run_deployment(served, "onegen/full-repro", {"overrides": tiny_overrides()})
     assert fr2["state"]["type"] == "COMPLETED"
     (parent2,) = _runs(client, **{"prefect.flow_run_id": run2, "onegen.kind": "full-repro"})
     from flows.dvc_stages import STAGES
@@ -390,12 +404,7 @@ def test_lambda_sweep_gives_one_run_per_value_and_a_comparison(served):
     before = (proj / "params.yaml").read_bytes()
     # the tiny profile pins loss.lambda_r (a profile wins over params.yaml, and the sweep refuses such a
     # profile), so the points carry the profile's other settings as plain overrides
-    prof = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
-    flat = {f"{sec}.{k}": v for sec, d in prof.items() if isinstance(d, dict) for k, v in d.items()
-            if (sec, k) != ("loss", "lambda_r") and not isinstance(v, dict)}
-    flat.update({f"{sec}.{k}.{kk}": vv for sec, d in prof.items() if isinstance(d, dict)
-                 for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()})
-    overrides = {**flat, **TINY, "profile": ""}
+    overrides = tiny_overrides(leave_out=(("loss", "lambda_r"),))
     params = {"lambda_r": [4.0, 0.0, 1.0], "overrides": overrides, "until": "train", "sweep_id": "sweep-test"}
     run_id, fr, logs = _run_deployment(served, "onegen/lambda-sweep", params)
     assert fr["state"]["type"] == "COMPLETED"
