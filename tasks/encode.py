@@ -21,6 +21,7 @@ from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.segments import Document
 from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
 from tasks.adapters.index_encoding import encode_table
+from tasks.adapters.lance_index import AnnSettings
 from tasks.stage_common import stage_params
 
 log = logging.getLogger("onegen.encode")
@@ -54,7 +55,8 @@ def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | Non
     if cfg.kb:
         tables.append((cfg.kb_table, documents_from_kb(load_kb(cfg.kb)), "encode entities"))
     if ray_data is None:
-        done = [encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows, desc)
+        done = [encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows, desc,
+                             AnnSettings.from_config(cfg))
                 for table, docs, desc in tables]
     else:
         from tasks.adapters.ray_encoding import encode_on_ray

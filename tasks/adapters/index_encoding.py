@@ -17,7 +17,7 @@ from onegen_core.inference.document_encoding import encode_documents
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.method.segments import Document
-from tasks.adapters.lance_index import LanceIndex
+from tasks.adapters.lance_index import AnnSettings, LanceIndex
 
 # the encode stage's logger: its lines keep the name they had when this function lived in the stage
 log = logging.getLogger("onegen.encode")
@@ -33,7 +33,7 @@ class EncodedTable:
     units_in_index: int  # rows of the table afterwards
     units_truncated: int  # units whose [RD] fell past the collator's max_doc_length (not stored)
     documents_truncated: int
-    ann_index: bool  # whether an IVF_PQ index was built (tables of at least ann_min_rows rows)
+    ann_index: bool  # whether an ANN index was built (tables of at least ann_min_rows rows)
     ray_nodes: tuple[str, ...] = ()  # encode.executor ray: the nodes whose replicas encoded (empty locally)
 
     def to_dict(self) -> dict[str, Any]:
@@ -46,9 +46,9 @@ class EncodedTable:
 
 
 def encode_table(model: OneGenModel, collator: OneGenCollator, docs: Sequence[Document], uri: str, table: str,
-                 ck: str, batch_size: int, ann_min_rows: int, desc: str) -> EncodedTable:
+                 ck: str, batch_size: int, ann_min_rows: int, desc: str, ann: AnnSettings | None = None) -> EncodedTable:
     """Encode `docs` into `uri`/`table` with the checkpoint whose id is `ck`, skipping documents whose units
-    are all stored (resume); `desc` labels the progress bar."""
+    are all stored (resume); `desc` labels the progress bar; `ann` sizes the ANN index (params encode.ann_*)."""
     from tqdm.auto import tqdm
 
     index = LanceIndex.create(uri, model.lm.config.hidden_size, ck, table)
@@ -71,5 +71,5 @@ def encode_table(model: OneGenModel, collator: OneGenCollator, docs: Sequence[Do
         units_in_index=len(index),
         units_truncated=stats.get("units_truncated", 0),
         documents_truncated=stats.get("documents_truncated", 0),
-        ann_index=index.build_ann_index(ann_min_rows),
+        ann_index=index.build_ann_index(ann_min_rows, ann),
     )

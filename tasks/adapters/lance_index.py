@@ -7,20 +7,76 @@ from the environment, as LanceDB/object_store read them).
 """
 from __future__ import annotations
 
+import json
 import logging
-import math
 from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfPq
+from lancedb.index import IvfHnswSq, IvfPq, IvfRq
 
 from onegen_core.inference.index import ExactIndex, Hit, IndexMismatchError, UnitRecord
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = b"onegen.checkpoint_id"
+SEARCH_KEY = b"onegen.ann_search"  # the search settings the ANN index was built for (JSON of AnnPlan)
 _CHUNK = 500  # ids per `IN (…)` filter: bounded SQL strings however many documents are asked for
+
+
+@dataclass(frozen=True)
+class AnnSettings:
+    """How an ANN index is sized from the table (params `encode.ann_*`; defaults = params.yaml's).
+    Measured at 1M rows x 576 dims in bench/index_scale.py (metrics/index_scale.json)."""
+
+    index_type: str = "ivf_rq"
+    rows_per_partition: int = 4096
+    pq_sub_vector_dims: int = 16
+    nprobes: int = 20
+    refine_factor: int = 10
+    hnsw_ef: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "AnnSettings":
+        """From an `EncodeConfig` (already range-checked by the config loader)."""
+        return cls(cfg.ann_index_type, cfg.ann_rows_per_partition, cfg.ann_pq_sub_vector_dims, cfg.ann_nprobes,
+                   cfg.ann_refine_factor, cfg.ann_hnsw_ef)
+
+
+@dataclass(frozen=True)
+class AnnPlan:
+    """One table's ANN index: what is built and how every search of it runs (stored in the table)."""
+
+    index_type: str  # "ivf_pq" | "ivf_rq" | "ivf_hnsw_sq"
+    num_partitions: int
+    num_sub_vectors: int  # ivf_pq only (0 otherwise)
+    nprobes: int
+    refine_factor: int  # 0 = rank by the compressed codes alone
+    ef: int  # ivf_hnsw_sq only (0 = LanceDB's default)
+
+    def config(self):
+        """The LanceDB index config (cosine distance throughout: vectors are unit [RD] states)."""
+        if self.index_type == "ivf_pq":
+            return IvfPq(distance_type="cosine", num_partitions=self.num_partitions, num_sub_vectors=self.num_sub_vectors)
+        if self.index_type == "ivf_rq":
+            return IvfRq(distance_type="cosine", num_partitions=self.num_partitions)
+        return IvfHnswSq(distance_type="cosine", num_partitions=self.num_partitions)
+
+
+def plan_ann_index(n_rows: int, dim: int, s: AnnSettings) -> AnnPlan:
+    """The index for a table of `n_rows` vectors of `dim`: partitions = rows / rows_per_partition (at
+    least 1), nprobes at most the partitions; PQ sub-vectors of `pq_sub_vector_dims` dimensions each
+    (the largest divisor of dim not above it when it does not divide dim: PQ needs dim % sub-vectors == 0)."""
+    if s.index_type not in ("ivf_pq", "ivf_rq", "ivf_hnsw_sq"):
+        raise ValueError(f"encode.ann_index_type: {s.index_type!r} is not ivf_pq, ivf_rq or ivf_hnsw_sq")
+    parts = max(1, n_rows // s.rows_per_partition)
+    sub = 0
+    if s.index_type == "ivf_pq":
+        width = next(d for d in range(min(s.pq_sub_vector_dims, dim), 0, -1) if dim % d == 0)
+        sub = dim // width
+    ef = s.hnsw_ef if s.index_type == "ivf_hnsw_sq" else 0
+    return AnnPlan(s.index_type, parts, sub, min(s.nprobes, parts), s.refine_factor, ef)
 
 
 def unit_schema(dim: int, checkpoint_id: str) -> pa.Schema:
@@ -163,27 +219,39 @@ class LanceIndex:
     def has_ann_index(self) -> bool:
         return any(i.index_type.startswith("Ivf") for i in self.table.list_indices())
 
-    def build_ann_index(self, min_rows: int) -> bool:
-        """IVF_PQ over cosine when the table has at least `min_rows` rows; below that, exact search is
-        fast enough and exact. Returns whether an index was built."""
+    def build_ann_index(self, min_rows: int, settings: AnnSettings | None = None) -> bool:
+        """An ANN index sized by `plan_ann_index` when the table has at least `min_rows` rows; below that,
+        exact search is fast enough and exact. The plan is stored in the table's metadata, so every later
+        search (evaluate, `onegen ask`, the server) probes and re-ranks as it was built to. Returns whether
+        an index was built."""
         n = len(self)
         if n < min_rows:
             log.info("%d rows < %d: exact search, no ANN index", n, min_rows)
             return False
-        sub = next(s for s in (16, 8, 4, 2, 1) if self.dim % s == 0)
-        parts = max(1, int(math.sqrt(n)))
-        self.table.create_index("vector", replace=True,
-                                config=IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=sub))
-        log.info("built IVF_PQ (cosine, %d partitions, %d sub-vectors) over %d rows", parts, sub, n)
+        plan = plan_ann_index(n, self.dim, settings or AnnSettings())
+        self.table.create_index("vector", replace=True, config=plan.config())
+        self.table.to_lance().update_schema_metadata({SEARCH_KEY.decode(): json.dumps(asdict(plan))})
+        self.table = lancedb.connect(self.uri).open_table(self.table_name)  # the new metadata
+        log.info("built %s over %d rows: %s", plan.index_type.upper(), n, plan)
         return True
+
+    def ann_plan(self) -> AnnPlan | None:
+        """The stored plan of this table's ANN index; None without one. An index built before plans were
+        stored gets the search settings of the time (refine factor of the constructor, LanceDB's nprobes)."""
+        if not self.has_ann_index():
+            return None
+        raw = (self.table.schema.metadata or {}).get(SEARCH_KEY)
+        if raw is None:
+            return AnnPlan("ivf_pq", 0, 0, 0, self.refine_factor, 0)
+        return AnnPlan(**json.loads(raw))
 
     def search(
         self, queries: np.ndarray, k: int, allowed: Sequence[Collection[str] | None] | None = None,
         exclude: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Hit]]:
         q = np.asarray(queries, dtype=np.float32)  # (n, dim)
-        ann = self.has_ann_index()
-        if not ann:
+        plan = self.ann_plan()
+        if plan is None:
             # below the ANN size the search is exact anyway: one matrix product over an in-memory copy
             # answers a whole batch of queries, where LanceDB's per-query scan cost ~10-50 ms each
             # (entity linking issues thousands of queries)
@@ -192,9 +260,14 @@ class LanceIndex:
             return self._exact.search(q, k, allowed, exclude)
         out: list[list[Hit]] = []
         for i in range(q.shape[0]):
-            query = self.table.search(q[i], vector_column_name="vector").metric("cosine").limit(k)
-            if ann:
-                query = query.refine_factor(self.refine_factor)  # re-rank PQ candidates exactly
+            query = self.table.search(q[i], vector_column_name="vector").distance_type("cosine").limit(k)
+            if plan.nprobes:
+                query = query.nprobes(plan.nprobes)
+            if plan.refine_factor:
+                query = query.refine_factor(plan.refine_factor)  # re-rank k x factor candidates exactly
+            if plan.index_type == "ivf_hnsw_sq" and (plan.ef or plan.refine_factor):
+                # LanceDB refuses an ef below the candidates it is asked for (k x refine factor)
+                query = query.ef(max(plan.ef, k * max(1, plan.refine_factor)))
             where = []
             if allowed is not None and allowed[i] is not None:
                 ids = ", ".join(_quote(a) for a in allowed[i])

@@ -32,7 +32,7 @@ import pyarrow as pa
 from onegen_core.config import EncodeConfig, RayDataConfig
 from onegen_core.method.segments import Document
 from tasks.adapters.index_encoding import EncodedTable
-from tasks.adapters.lance_index import LanceIndex, unit_schema
+from tasks.adapters.lance_index import AnnSettings, LanceIndex, unit_schema
 from tasks.adapters.ray_session import actor_pool, data_context
 
 log = logging.getLogger("onegen.encode")
@@ -177,7 +177,7 @@ def encode_table_on_ray(docs: Sequence[Document], cfg: EncodeConfig, rd: RayData
     return EncodedTable(table=table, documents=len(docs), documents_encoded_now=len(todo), units_in_index=len(index),
                         units_truncated=stats.get("units_truncated", 0),
                         documents_truncated=stats.get("documents_truncated", 0),
-                        ann_index=index.build_ann_index(cfg.ann_min_rows), ray_nodes=tuple(nodes))
+                        ann_index=index.build_ann_index(cfg.ann_min_rows, AnnSettings.from_config(cfg)), ray_nodes=tuple(nodes))
 
 
 def encode_on_ray(tables: Sequence[tuple[str, Sequence[Document], str]], cfg: EncodeConfig, rd: RayDataConfig,

@@ -63,18 +63,18 @@ def add_index(sub) -> None:
                          description="PATH: JSONL with one {id, title, text} per line, or a folder of .txt/.md files "
                                      "cut into passages at blank lines (ids <file>:<n>). Resumable: documents already "
                                      "stored with the same content are skipped; a stored id with other content is "
-                                     "refused unless --update. An IVF_PQ index is built at encode.ann_min_rows rows.")
+                                     "refused unless --update. An ANN index (encode.ann_index_type, sized by encode.ann_*) is built at encode.ann_min_rows rows.")
     add.add_argument("path", help="a .jsonl file or a folder")
     add.add_argument("--table", default=None, help="table (default: params encode.table; encode.kb_table for entities)")
     add.add_argument("--granularity", choices=("sentence", "document"), default=None,
                      help="one [RD] per sentence or per passage (default: params encode.granularity; document for the entity table)")
     add.add_argument("--update", action="store_true", help="replace stored documents whose id is given with new content")
-    add.add_argument("--ann-min-rows", type=int, default=None, help="build IVF_PQ at this many rows (default: params encode.ann_min_rows)")
+    add.add_argument("--ann-min-rows", type=int, default=None, help="build the ANN index at this many rows (default: params encode.ann_min_rows)")
     add.add_argument("--batch-size", type=int, default=None, help="documents per forward pass (default: params encode.batch_size)")
     add.add_argument("--json", action="store_true", help="the counts as one JSON object")
     add_model_options(add)
     info = ixs.add_parser("info", help="rows, checkpoint and index type of each table",
-                          description="Rows, documents, vector size, index type (IVF_PQ or exact) and the checkpoint "
+                          description="Rows, documents, vector size, index type (IVF_RQ, IVF_PQ, IVF_HNSW_SQ or exact) and the checkpoint "
                                       "that encoded each table, checked against the configured checkpoint.")
     info.add_argument("--table", default=None, help="only this table (default: every table)")
     info.add_argument("--json", action="store_true", help="one JSON object")

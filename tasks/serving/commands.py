@@ -215,6 +215,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     from onegen_core.method.collator import OneGenCollator
     from onegen_core.method.model import OneGenModel
     from onegen_core.method.precision import resolve_inference_dtype
+    from tasks.adapters.lance_index import AnnSettings
     from tasks.serving.corpus import add_documents, read_documents
     from tasks.serving.service import load_model
 
@@ -227,7 +228,8 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tok, max_length=p.encode.max_doc_length, max_doc_length=p.encode.max_doc_length)
     report = add_documents(model, collator, docs, uri, table, checkpoint, ck, args.batch_size or p.encode.batch_size,
-                           p.encode.ann_min_rows if args.ann_min_rows is None else args.ann_min_rows, args.update)
+                           p.encode.ann_min_rows if args.ann_min_rows is None else args.ann_min_rows, args.update,
+                           AnnSettings.from_config(p.encode))
     report["granularity"] = granularity
     if args.json:
         _json_line(report, out)

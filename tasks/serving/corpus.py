@@ -19,6 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onegen_core.data import DataError
 from onegen_core.data.strict_json import read_jsonl as strict_jsonl
@@ -27,6 +28,9 @@ from onegen_core.inference.index import IndexMismatchError, UnitRecord
 from onegen_core.method.segments import Document
 from onegen_core.method.tokens import SPECIAL_TOKENS
 from onegen_core.prepare.sentences import split_sentences
+
+if TYPE_CHECKING:
+    from tasks.adapters.lance_index import AnnSettings
 
 log = logging.getLogger("onegen.index")
 TEXT_SUFFIXES = (".txt", ".md")
@@ -202,7 +206,7 @@ def open_existing(uri: str, table: str):
 
 
 def add_documents(model, collator, docs: list[Document], uri: str, table: str, checkpoint: str, ck: str,
-                  batch_size: int, ann_min_rows: int, update: bool = False) -> dict:
+                  batch_size: int, ann_min_rows: int, update: bool = False, ann: AnnSettings | None = None) -> dict:
     """Encode `docs` into `uri`/`table` with the checkpoint whose id is `ck` (its path `checkpoint` only
     names it in errors). Returns the counts `onegen index add` prints."""
     from tasks.adapters.index_encoding import encode_table
@@ -222,7 +226,7 @@ def add_documents(model, collator, docs: list[Document], uri: str, table: str, c
     if p.changed:
         existing.delete_documents(p.changed)
         log.info("%s/%s: deleted the old units of %d updated documents", uri, table, len(p.changed))
-    done = encode_table(model, collator, docs, uri, table, ck, batch_size, ann_min_rows, f"index add {table}")
+    done = encode_table(model, collator, docs, uri, table, ck, batch_size, ann_min_rows, f"index add {table}", ann)
     return {"uri": uri, "table": table, "checkpoint_id": ck, "documents": len(docs),
             "documents_new": len(p.new), "documents_unchanged": len(p.unchanged), "documents_updated": len(p.changed),
             "documents_encoded_now": done.documents_encoded_now, "units_in_index": done.units_in_index,
