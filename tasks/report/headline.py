@@ -311,13 +311,35 @@ def trials_section(trials: dict) -> list[str]:
 
 
 def efficiency_section(eff: dict) -> list[str]:
-    definitions = eff.get("definitions") or {}
+    """Fig. 3 as bench/efficiency.py measured it: per generator the physical limit, then every point with
+    every ratio as median [min–max] over the interleaved repeats (those where OneGen is slower included)."""
+    f = "efficiency.json"
+    setup = need(eff, f, "setup")
     lines = ["### Efficiency bench (`metrics/efficiency.json`, `dvc repro bench`)", "",
-             f"The bench took {need(eff, 'efficiency.json', 'seconds'):,.0f} s.", "",
-             "| figure | value | what it is |", "|---|---:|---|"]
-    for key, value in eff.items():
-        if key not in ("definitions", "seconds"):
-            lines.append(f"| `{key}` | {value:g} | {definitions.get(key, NOT_RUN)} |")
+             f"Fig. 3 (§4.3.1, App. F.5.1) on {need(setup, f, 'cpu')} with {need(setup, f, 'cores')} cores, "
+             f"{need(setup, f, 'repeats')} interleaved repeats a point, {need(eff, f, 'seconds'):,.0f} s in all. "
+             "Ratios are time over time, median [min–max] over the repeats; the physical limit is OneGen's extra "
+             "time per retrieval over the lower bound divided by one decode step plus one search "
+             f"(goal ≤ {need(setup, f, 'goal_physical_limit')}).", ""]
+    for kind, m in need(setup, f, "models").items():
+        s = need(eff, f, "summary", kind)
+        w = s["physical_limit_worst_point"]
+        lines += [f"**{kind}** ({m['parameters'] / 1e6:.1f}M parameters, {m['layers']} layers; MiniLM is "
+                  f"{m['retriever_share_of_generator']:.1%} of it, the paper's Contriever {m['paper_retriever_share']:.1%} "
+                  f"of Mistral-7B): physical limit {w['median']:.2f} [{w['min']:.2f}–{w['max']:.2f}] at its worst "
+                  f"point ({w['setting']}, x={w['x']}), median over points {s['physical_limit_median_over_points']:.2f}; "
+                  f"goal {'met' if s['physical_limit_goal_met'] else 'missed'}. Extra decoder calls per retrieval over "
+                  f"the lower bound: " + ", ".join(f"{k} {'/'.join(f'{v:g}' for v in vs)}"
+                                                  for k, vs in s["extra_passes_per_retrieval"].items()) + ".", "",
+                  "| setting | x | GRIT / OneGen | pipeline / OneGen | OneGen / lower | physical limit |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for p in (p for p in need(eff, f, "points") if p["model"] == kind):
+            cell = lambda v: f"{v['median']:.3f} [{v['min']:.3f}–{v['max']:.3f}]" if v else NOT_RUN  # noqa: E731
+            r = p["ratios"]
+            lines.append(f"| ({p['setting']}) | {p['x']} | {cell(r.get('grit/onegen'))} | {cell(r.get('pipeline/onegen'))} "
+                         f"| {cell(r.get('onegen/lower'))} | {cell(p.get('physical_limit'))} |")
+        lines.append("")
+    lines += ["What each extra call is: " + "; ".join(f"{k}: {v}" for k, v in need(eff, f, "passes").items()) + "."]
     return lines
 
 
