@@ -47,18 +47,11 @@ import threading
 import time
 from pathlib import Path
 
-from bench.serve_load import percentile, rss_mb
+from bench.serve_load import QUESTIONS, percentile, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("onegen", "pipeline", "grit")
-TINY_QUESTIONS = [
-    "Which magazine was started first, Arthur's Magazine or First for Women?",
-    "Were Scott Derrickson and Ed Wood of the same nationality?",
-    "Who founded Arthur's Magazine?",
-    "Where does Scott Derrickson live?",
-    "When was First for Women started?",
-    "What kind of films did Ed Wood make?",
-]
+TINY_QUESTIONS = QUESTIONS  # the tiny serving checkpoint's questions, as bench/serve_load.py asks them
 
 
 def proc_status_mb(pid: int, key: str) -> float:
