@@ -59,10 +59,11 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
 
                 runner = ray_runner(cfg.ray_address)
             rep = annotate(records, backend, cache, cfg.max_attempts, max_concurrency=cfg.max_concurrency,
-                           on_progress=lambda r: bar.update(r.done - bar.n), runner=runner)
+                           on_progress=lambda r: bar.update(r.done - bar.n), runner=runner,
+                           prompt_style=cfg.prompt)
             bar.close()
             for r in records:
-                result = cache.get(cache_key(r, backend))
+                result = cache.get(cache_key(r, backend, cfg.prompt))
                 if result is not None and result.status == "accepted":
                     decompositions.append(result.decomposition)
                     counts["accepted"] += 1
@@ -71,7 +72,8 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
                     counts["fallback_heuristic_" + ("error" if result is None else "rejected")] += 1
                 else:
                     counts["dropped_" + ("error" if result is None else "rejected")] += 1
-        report = {"backend": f"{backend.name}/{backend.model}", **rep.to_dict(), "outcome": dict(counts)}
+        report = {"backend": f"{backend.name}/{backend.model}", "prompt": cfg.prompt, **rep.to_dict(),
+                  "outcome": dict(counts)}
     # a cache written before redaction existed may hold an echoed key: what goes out is redacted again
     redact = getattr(backend, "redact", None) or (lambda text: text)
     rows = [json.loads(redact(json.dumps(d.to_dict(), ensure_ascii=False))) for d in decompositions]

@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # the reconstruction module imports torch: only needed by to_
 
 __all__ = [
     "DECOMPOSITION_PROMPT",
+    "FIG13_PROMPT",
+    "NUMBERED_PROMPT",
+    "PROMPT_STYLES",
     "REJECTION_REASONS",
     "AnnotationRejected",
     "Decomposition",
@@ -44,6 +47,7 @@ __all__ = [
     "prompt_documents",
     "prompt_hash",
     "read_decompositions",
+    "related_doc_block",
     "to_hops",
 ]
 
@@ -51,13 +55,62 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- prompt
 
-# The paper's Fig. 13 prompt, in its format: the question, its answer and the related documents go in;
-# the answer comes back as numbered <SUB-QUESTION-k>/<CORRESPONDING-DOC-k>/<SUB-ANSWER-k> tags and one
-# <FINAL-ANSWER>, after a one-shot example. The figure's tags and structure are the paper's; its exact
-# wording and example could not be retrieved offline (neither the paper's appendix nor the upstream code
-# carries the text), so the instruction sentences and the example below are ours. Documents are numbered
-# so that a reference is unambiguous even when titles are long or similar; the parser also accepts titles.
-DECOMPOSITION_PROMPT = """Decompose a multi-hop question into sub-questions. You are given the question, its correct answer and the documents needed to answer it. Write the sub-questions a reader answers one after another to reach the answer; each one must be answerable from exactly one of the documents. For each sub-question k, write the sub-question, the number of the document it needs and its answer as found in that document; later sub-questions may use earlier answers. Finish with the final answer to the question. Reply with the tags only, as in the example.
+# The paper's Fig. 13 prompt, verbatim (the default, `annotate.prompt: fig13`). Its words, punctuation, tags and
+# one-shot example are the figure's as ../shared/paper/ extracts them, typographic apostrophes and the unmatched
+# quote of SUB-ANSWER-1 included, and the spaces inside `</ANSWER >` and `</FINAL-ANSWER >`; only the layout is
+# ours: the PDF's line wraps inside a sentence are joined, and each tag and its content get a line of their own
+# (tests/core/test_fig13_prompt.py compares the two with runs of whitespace collapsed). The record's related
+# documents fill `{related_doc}` in the example's own form (`<RELATED-DOC-k>` / `wiki title:` / `content:`).
+FIG13_PROMPT = """You excel in question decomposition. Starting with a question, related documents, and the final answer corresponding to the question, your task is to break down the question into sub-questions. Each sub-question should be connected to relevant documents, leading to the generation of answers for each sub-question. It’s important to consider potential connections between these sub-questions.
+
+Here’s an example input:
+<QUESTION>
+Are both magazines, the Woman’s Viewpoint and Pick Me Up, British publications?
+</QUESTION>
+<ANSWER> no </ANSWER >
+<RELATED-DOC-1>
+wiki title: Pick Me Up (magazine)
+content: Pick Me Up! is a British weekly women’s magazine that is published through the IPC Media group.
+</RELATED-DOC-1>
+<RELATED-DOC-2>
+wiki title: Woman’s Viewpoint (magazine)
+content: The Woman’s Viewpoint was a woman’s magazine founded in Texas in 1923 and published by Florence M. Sterling. The magazine was progressive and ran from 1923 to 1927.
+</RELATED-DOC-2>
+
+Here’s an example output for the given input:
+<SUB-QUESTION-1>
+Which country is the magazine Woman’s Viewpoint published in?
+</SUB-QUESTION-1>
+<CORRESPONDING-DOC-1>
+RELATED-DOC-2
+</CORRESPONDING-DOC-1>
+<SUB-ANSWER-1>
+The magazine "Woman’s Viewpoint’ was published in Texas, a state located in the United States.
+</SUB-ANSWER-1>
+<SUB-QUESTION-2>
+Which country is the magazine Pick Me Up published in?
+</SUB-QUESTION-2>
+<CORRESPONDING-DOC-2>
+RELATED-DOC-1
+</CORRESPONDING-DOC-2>
+<SUB-ANSWER-2>
+The magazine Pick Me Up! is published in the United Kingdom.
+</SUB-ANSWER-2>
+<FINAL-ANSWER>
+No, they are not both British publications. “Pick Me Up!” is indeed a British magazine published in the United Kingdom. However, “Woman’s Viewpoint” was published in Texas, which is in the United States, so it is an American publication.
+</FINAL-ANSWER >
+
+Here is an input you need to process:
+<QUESTION> {question} </QUESTION>
+<ANSWER> {answer} </ANSWER>
+{related_doc}
+
+Please format your output as shown above and refrain from including any additional content."""
+
+# An alternative, kept only as the named setting `annotate.prompt: numbered` (it was this project's prompt before
+# the paper's text was at hand): the same answer tags, a shorter instruction of ours, an example of ours, and the
+# documents numbered `[k] Title: text`. Never the default: the paper's main setting is Fig. 13.
+NUMBERED_PROMPT = """Decompose a multi-hop question into sub-questions. You are given the question, its correct answer and the documents needed to answer it. Write the sub-questions a reader answers one after another to reach the answer; each one must be answerable from exactly one of the documents. For each sub-question k, write the sub-question, the number of the document it needs and its answer as found in that document; later sub-questions may use earlier answers. Finish with the final answer to the question. Reply with the tags only, as in the example.
 
 ### Example
 Question: Which country is the director of the film "Inception" from?
@@ -80,9 +133,12 @@ Documents:
 {documents}
 """
 
+PROMPT_STYLES: tuple[str, ...] = ("fig13", "numbered")
+DECOMPOSITION_PROMPT = FIG13_PROMPT  # the default prompt (kept under its old name for readers of the API)
+
 
 def prompt_documents(record: MultiHopRecord) -> tuple[Paragraph, ...]:
-    """The related documents shown to the LLM, in the order they are numbered ([1], [2], ...).
+    """The related documents shown to the LLM, in the order they are numbered (RELATED-DOC-1, -2, ...).
 
     They are the supporting paragraphs, in supporting-facts order: every step must land on a
     paragraph with gold sentences, or the hop it becomes has no positive to learn from. The parser
@@ -91,14 +147,24 @@ def prompt_documents(record: MultiHopRecord) -> tuple[Paragraph, ...]:
     return tuple(record.paragraph(title) for title in record.supporting_titles())
 
 
-def build_prompt(record: MultiHopRecord) -> str:
-    """The decomposition prompt for one record (documents numbered and titled)."""
-    documents = "\n".join(
-        f"[{number}] {paragraph.title}: {paragraph.text().strip()}"
-        for number, paragraph in enumerate(prompt_documents(record), start=1)
-    )
-    return DECOMPOSITION_PROMPT.format(question=record.question.strip(), answer=record.answer.strip(),
-                                       documents=documents)
+def related_doc_block(number: int, paragraph: Paragraph) -> str:
+    """One `<RELATED-DOC-k>` block of the Fig. 13 prompt, in the form of the figure's example."""
+    return (f"<RELATED-DOC-{number}>\nwiki title: {paragraph.title}\ncontent: {paragraph.text().strip()}\n"
+            f"</RELATED-DOC-{number}>")
+
+
+def build_prompt(record: MultiHopRecord, style: str = "fig13") -> str:
+    """The decomposition prompt for one record: Fig. 13 (default) or the `numbered` alternative."""
+    documents = prompt_documents(record)
+    if style == "fig13":
+        related = "\n".join(related_doc_block(k, p) for k, p in enumerate(documents, start=1))
+        return FIG13_PROMPT.format(question=record.question.strip(), answer=record.answer.strip(),
+                                   related_doc=related)
+    if style == "numbered":
+        numbered = "\n".join(f"[{k}] {p.title}: {p.text().strip()}" for k, p in enumerate(documents, start=1))
+        return NUMBERED_PROMPT.format(question=record.question.strip(), answer=record.answer.strip(),
+                                      documents=numbered)
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
 
 
 def prompt_hash(prompt: str, model_name: str) -> str:
@@ -273,13 +339,25 @@ class AnnotationRejected(ValueError):
 
 _FLAGS = re.IGNORECASE | re.DOTALL
 _FIELDS = (("sub_question", "SUB-QUESTION"), ("document", "CORRESPONDING-DOC"), ("sub_answer", "SUB-ANSWER"))
-_NUMBERED_TAG = re.compile(r"<(/?)(SUB-QUESTION|CORRESPONDING-DOC|SUB-ANSWER)-(\d+)>", re.IGNORECASE)
-_FINAL = re.compile(r"<FINAL-ANSWER>(.*?)</FINAL-ANSWER>", _FLAGS)
-_NUMBERED = re.compile(r"^(?:doc(?:ument)?\s*)?\[?\s*(\d+)\s*\]?\s*[:.\-–]?\s*(.*)$", _FLAGS)
+# Tags as a model writes them after Fig. 13, whose own example closes with `</FINAL-ANSWER >`: whitespace is
+# allowed after `<`, around `/` and before `>`.
+_NUMBERED_TAG = re.compile(r"<\s*(/?)\s*(SUB-QUESTION|CORRESPONDING-DOC|SUB-ANSWER)-(\d+)\s*>", re.IGNORECASE)
+_FINAL = re.compile(r"<\s*FINAL-ANSWER\s*>(.*?)<\s*/\s*FINAL-ANSWER\s*>", _FLAGS)
+# A reference by number: `RELATED-DOC-2` (Fig. 13's own form), `<RELATED-DOC-2>`, `related doc 2`, `[2]`, `2`,
+# `Document 2`, `doc [2]`, optionally followed by the title (`[2] Beta`, `RELATED-DOC-2: Beta`).
+_NUMBERED = re.compile(r"^<?\s*(?:related[-_\s]*)?(?:doc(?:ument)?)?[-_\s]*\[?\s*(\d+)\s*\]?\s*>?\s*[:.\-–]?\s*(.*)$",
+                       _FLAGS)
+_WIKI_TITLE = re.compile(r"^wiki\s+title\s*:\s*(.*?)\s*(?:\bcontent\s*:.*)?$", _FLAGS)
+
+
+def _one_line(text: str) -> str:
+    """Tag contents with the model's line wraps joined (Fig. 13 puts every content on lines of its own)."""
+    return " ".join(text.split())
 
 
 def _steps_tags(text: str) -> dict[int, dict[str, str]]:
-    """{k: {field: stripped content}} of every numbered tag; unbalanced or repeated tags are rejected."""
+    """{k: {field: content, whitespace runs joined}} of every numbered tag; unbalanced or repeated tags are
+    rejected."""
     opened: dict[tuple[str, int], int] = {}
     closed: dict[tuple[str, int], int] = {}
     for m in _NUMBERED_TAG.finditer(text):
@@ -293,16 +371,24 @@ def _steps_tags(text: str) -> dict[int, dict[str, str]]:
             raise AnnotationRejected("malformed_tags", f"step {key[1]} has {opened[key]} <{key[0]}-{key[1]}> tags")
     steps: dict[int, dict[str, str]] = {}
     for field, tag in _FIELDS:
-        for m in re.finditer(rf"<{tag}-(\d+)>(.*?)</{tag}-\1>", text, _FLAGS):
-            steps.setdefault(int(m.group(1)), {})[field] = m.group(2).strip()
+        for m in re.finditer(rf"<\s*{tag}-(\d+)\s*>(.*?)<\s*/\s*{tag}-\1\s*>", text, _FLAGS):
+            steps.setdefault(int(m.group(1)), {})[field] = _one_line(m.group(2))
     return steps
 
 
+def _strip_quotes(text: str) -> str:
+    return text.strip().strip("\"'\u2018\u2019\u201c\u201d").strip()
+
+
 def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> str:
-    """The title a step's ``<CORRESPONDING-DOC-k>`` refers to: ``[n]``, ``[n] Title`` or an exact title."""
+    """The title a step's ``<CORRESPONDING-DOC-k>`` refers to: ``RELATED-DOC-n`` (Fig. 13), ``[n]``,
+    ``[n] Title``, an exact title, or the document copied out (``wiki title: Title content: …``)."""
     related = prompt_documents(record)
     titles = [p.title for p in related]
-    cleaned = reference.strip().strip("\"'")
+    cleaned = _strip_quotes(reference)
+    copied = _WIKI_TITLE.match(cleaned)
+    if copied:
+        cleaned = _strip_quotes(copied.group(1))
     for title in titles:  # an exact title wins (titles such as "1984" look like numbers)
         if cleaned.casefold() == title.casefold():
             return title
@@ -310,14 +396,19 @@ def _resolve_document(reference: str, record: MultiHopRecord, step_no: int) -> s
         raise AnnotationRejected("distractor_document", f"step {step_no} uses {cleaned!r}, not a related document")
     numbered = _NUMBERED.match(cleaned)
     if numbered:
-        number, named = int(numbered.group(1)), numbered.group(2).strip().strip("\"'")
+        number = int(numbered.group(1))
+        named = numbered.group(2).strip()
+        if named.startswith("(") and named.endswith(")"):  # `RELATED-DOC-2 (Title)`: one pair only
+            named = named[1:-1]
+        named = _strip_quotes(named)
         if not 1 <= number <= len(related):
             raise AnnotationRejected("unknown_document",
-                                     f"step {step_no} refers to document [{number}], there are {len(related)}")
+                                     f"step {step_no} refers to document {number} ({reference.strip()!r}), "
+                                     f"there are {len(related)}")
         title = titles[number - 1]
         if named and named.casefold() != title.casefold():
             raise AnnotationRejected("unknown_document",
-                                     f"step {step_no}: document [{number}] is {title!r}, not {named!r}")
+                                     f"step {step_no}: document {number} is {title!r}, not {named!r}")
         return title
     raise AnnotationRejected("unknown_document", f"step {step_no} refers to {reference!r}, not in the context")
 
@@ -340,7 +431,8 @@ def _parse_step(tags: dict[str, str], record: MultiHopRecord, step_no: int) -> S
 def parse_decomposition(text: str, record: MultiHopRecord) -> Decomposition:
     """Parse an LLM answer written in the :data:`DECOMPOSITION_PROMPT` (Fig. 13) format, strictly.
 
-    Text outside the tags (a preamble, a code fence) is ignored and tag names are case-insensitive;
+    Text outside the tags (a preamble, a code fence) is ignored, tag names are case-insensitive, whitespace
+    inside a tag (`</FINAL-ANSWER >`) is allowed and a content's line wraps are joined;
     steps must be numbered 1..n without gaps, each complete, and every document reference must resolve
     to one of the record's related documents. Raises :class:`AnnotationRejected` otherwise.
     """
@@ -356,4 +448,4 @@ def parse_decomposition(text: str, record: MultiHopRecord) -> Decomposition:
         raise AnnotationRejected("malformed_tags", f"{len(finals)} <FINAL-ANSWER> tags")
     if not finals or not finals[0].strip():
         raise AnnotationRejected("missing_final_answer", "no <FINAL-ANSWER>")
-    return Decomposition(example_id=record.id, steps=steps, final_answer=finals[0].strip())
+    return Decomposition(example_id=record.id, steps=steps, final_answer=_one_line(finals[0]))

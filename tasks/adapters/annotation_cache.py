@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 CacheKey = tuple[str, str]  # (example id, prompt hash)
 
 
-def cache_key(record: MultiHopRecord, backend: Backend) -> CacheKey:
-    """(example id, hash of this record's prompt and of the backend's name and model)."""
-    return record.id, prompt_hash(build_prompt(record), f"{backend.name}/{backend.model}")
+def cache_key(record: MultiHopRecord, backend: Backend, prompt_style: str = "fig13") -> CacheKey:
+    """(example id, hash of this record's prompt in `prompt_style` and of the backend's name and model)."""
+    return record.id, prompt_hash(build_prompt(record, prompt_style), f"{backend.name}/{backend.model}")
 
 
 Status = Literal["accepted", "rejected"]

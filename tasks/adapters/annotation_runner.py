@@ -70,9 +70,18 @@ class _Outcome:
     error: str | None = None
 
 
-def annotate_one(record: MultiHopRecord, key: CacheKey, backend: Backend, max_attempts: int) -> _Outcome:
+@dataclass(frozen=True)
+class Pending:
+    """A record still to annotate, its cache key and the prompt it is asked with."""
+
+    record: MultiHopRecord
+    key: CacheKey
+    prompt: str
+
+
+def annotate_one(item: Pending, backend: Backend, max_attempts: int) -> _Outcome:
     """Prompt → backend → parse, retrying a malformed answer up to ``max_attempts`` times."""
-    prompt = build_prompt(record)
+    record, key, prompt = item.record, item.key, item.prompt
     rejection: AnnotationRejected | None = None
     response = ""
     redact = getattr(backend, "redact", None) or (lambda text: text)  # what is stored never holds the key
@@ -115,27 +124,27 @@ def _record_outcome(outcome: _Outcome, cache: AnnotationCache, report: Annotatio
 
 
 def _pending(records: Iterable[MultiHopRecord], backend: Backend, cache: AnnotationCache,
-             report: AnnotationReport) -> list[tuple[MultiHopRecord, CacheKey]]:
+             report: AnnotationReport, prompt_style: str) -> list[Pending]:
     """Records still to annotate; cached ones and repeated keys are counted, not sent."""
-    todo: list[tuple[MultiHopRecord, CacheKey]] = []
+    todo: list[Pending] = []
     seen: set[CacheKey] = set()
     for record in records:
         report.total += 1
-        key = cache_key(record, backend)
+        key = cache_key(record, backend, prompt_style)
         if key in seen:
             report.duplicates += 1
         elif key in cache:
             report.cached += 1
         else:
-            todo.append((record, key))
+            todo.append(Pending(record, key, build_prompt(record, prompt_style)))
         seen.add(key)
     return todo
 
 
-# A runner executes `annotate_one(record, key, backend, max_attempts)` for every pending item with at
+# A runner executes `annotate_one(item, backend, max_attempts)` for every pending item with at
 # most `concurrency` in flight and yields each outcome as it completes. Threads here; Ray tasks on a
 # cluster (tasks/annotate_ray.py). Outcomes always come back to the caller, the single cache writer.
-Runner = Callable[[list[tuple[MultiHopRecord, CacheKey]], Backend, int, int], Iterable["_Outcome"]]
+Runner = Callable[[list[Pending], Backend, int, int], Iterable["_Outcome"]]
 
 
 def bounded(items: Iterable[Any], submit: Callable[[Any], Any],
@@ -155,7 +164,7 @@ def bounded(items: Iterable[Any], submit: Callable[[Any], Any],
         yield from done
 
 
-def thread_runner(todo: list[tuple[MultiHopRecord, CacheKey]], backend: Backend, max_attempts: int,
+def thread_runner(todo: list[Pending], backend: Backend, max_attempts: int,
                   concurrency: int) -> Iterator[_Outcome]:
     """In-process: a bounded thread pool (requests are I/O-bound)."""
     def wait_some(in_flight: list) -> tuple[list, list]:
@@ -163,7 +172,7 @@ def thread_runner(todo: list[tuple[MultiHopRecord, CacheKey]], backend: Backend,
         return list(done), list(pending)
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate") as pool:
-        submit = lambda item: pool.submit(annotate_one, item[0], item[1], backend, max_attempts)  # noqa: E731
+        submit = lambda item: pool.submit(annotate_one, item, backend, max_attempts)  # noqa: E731
         for future in bounded(todo, submit, wait_some, concurrency):
             yield future.result()
 
@@ -176,13 +185,15 @@ def annotate(
     on_progress: Callable[[AnnotationReport], None] | None = None,
     max_concurrency: int | None = None,
     runner: Runner | None = None,
+    prompt_style: str = "fig13",
 ) -> AnnotationReport:
     """Decompose every record not already final in ``cache``; return the counts.
 
     At most ``max_concurrency`` prompts are in flight (default: the backend's ``max_concurrency``
     attribute, else 1). Each result is written to the cache as soon as it completes, from this thread,
     so killing the process loses at most the in-flight requests. ``on_progress`` is called with the
-    report after every settled record. ``runner`` decides where requests run (default: threads).
+    report after every settled record. ``runner`` decides where requests run (default: threads);
+    ``prompt_style`` picks the prompt (:func:`build_prompt`: the paper's Fig. 13 by default).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -190,7 +201,7 @@ def annotate(
     if concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {concurrency}")
     report = AnnotationReport()
-    todo = _pending(records, backend, cache, report)
+    todo = _pending(records, backend, cache, report, prompt_style)
     logger.info("annotation with %s/%s: %d records, %d cached, %d duplicates, %d to send (concurrency %d)",
                 backend.name, backend.model, report.total, report.cached, report.duplicates, len(todo), concurrency)
     if on_progress is not None:
@@ -209,14 +220,14 @@ def ray_runner(address: str = "") -> Runner:
     local Ray; "auto" or "ray://host:10001" joins a cluster."""
     import ray
 
-    def run(todo: list[tuple[MultiHopRecord, CacheKey]], backend: Backend, max_attempts: int,
+    def run(todo: list[Pending], backend: Backend, max_attempts: int,
             concurrency: int) -> Iterator:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         task = ray.remote(num_cpus=0, max_retries=0)(annotate_one)  # retries live in the backend
         backend_ref = ray.put(backend)
-        submit = lambda item: task.remote(item[0], item[1], backend_ref, max_attempts)  # noqa: E731
+        submit = lambda item: task.remote(item, backend_ref, max_attempts)  # noqa: E731
         for ref in bounded(todo, submit, lambda refs: ray.wait(refs, num_returns=1), concurrency):
             yield ray.get(ref)
 

@@ -75,13 +75,26 @@ def render(decomposition: Decomposition, record: MultiHopRecord) -> str:
 
 def test_prompt_numbers_the_supporting_documents_in_supporting_facts_order():
     record = make_record()
-    prompt = build_prompt(record)
+    prompt = build_prompt(record)  # Fig. 13, the default
+    assert prompt.endswith("<QUESTION> When was the founder of Alpha born? </QUESTION>\n<ANSWER> 1950 </ANSWER>\n"
+                           "<RELATED-DOC-1>\nwiki title: Alpha\ncontent: Alpha was founded by Bob. Bob lives in Paris.\n"
+                           "</RELATED-DOC-1>\n<RELATED-DOC-2>\nwiki title: Beta\ncontent: Bob is a painter. Bob was "
+                           "born in 1950.\n</RELATED-DOC-2>\n\nPlease format your output as shown above and refrain "
+                           "from including any additional content.")
+    assert "Gamma" not in prompt
+    assert [p.title for p in prompt_documents(record)] == ["Alpha", "Beta"]
+
+
+def test_numbered_prompt_is_a_named_alternative():
+    record = make_record()
+    prompt = build_prompt(record, "numbered")
     assert "Question: When was the founder of Alpha born?\nAnswer: 1950\n" in prompt
     documents = ("[1] Alpha: Alpha was founded by Bob. Bob lives in Paris.\n"
                  "[2] Beta: Bob is a painter. Bob was born in 1950.")
     assert documents in prompt
     assert "Gamma" not in prompt
-    assert [p.title for p in prompt_documents(record)] == ["Alpha", "Beta"]
+    with pytest.raises(ValueError, match="unknown prompt style 'fig14'"):
+        build_prompt(record, "fig14")
 
 
 def test_prompt_hash_depends_on_prompt_and_model():

@@ -103,7 +103,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(404, b'{"error": "not found"}')
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
-        record = self.state.by_question[re.findall(r"^Question: (.*)$", prompt, re.M)[-1]]  # the task, not the example
+        record = self.state.by_question[re.findall(r"^<QUESTION> (.*) </QUESTION>$", prompt, re.M)[-1]]  # the task
         authorization = self.headers.get("Authorization")
         n = self.state.arrive(mode, record.id, authorization)
         if mode == "good":

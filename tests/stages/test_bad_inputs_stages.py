@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -286,7 +287,7 @@ def echo_server(shared_data):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             prompt = body["messages"][0]["content"]
-            question = [line[len("Question: "):] for line in prompt.splitlines() if line.startswith("Question: ")][-1]
+            question = re.findall(r"^<QUESTION> (.*) </QUESTION>$", prompt, re.M)[-1]  # Fig. 13's input line
             rec = by_question[question]
             numbers = {p.title: n for n, p in enumerate(prompt_documents(rec), start=1)}
             echo = self.headers.get("Authorization", "")
