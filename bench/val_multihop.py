@@ -49,15 +49,17 @@ def validation_multihop(p) -> list:
     return [with_context(e, [paragraph_document(q, g) for q in records[e.id].context if q.sentences]) for e in val]
 
 
-def baseline_scores(queries: list[HopQuery], records: list) -> dict[str, np.ndarray]:
-    """(n_queries, n_units) scores of MiniLM (cosine of mean-pooled vectors) and BM25 over `records`."""
-    from tasks.adapters.baselines import BM25Index, MiniLMEncoder
+def baseline_scores(queries: list[HopQuery], records: list, unit_text: str = "rd_context") -> dict[str, np.ndarray]:
+    """(n_queries, n_units) scores of MiniLM (cosine of mean-pooled vectors) and BM25 over `records`, each
+    unit given as `unit_text` (`baseline_unit_parts`), as the evaluate stage gives them."""
+    from tasks.adapters.baselines import BM25Index, MiniLMEncoder, baseline_unit_parts
 
     texts = [q.text for q in queries]
     enc = MiniLMEncoder()
-    u = enc.encode([f"{r.title}: {r.text}" if r.title else r.text for r in records])  # (n_units, 384)
-    out = {"minilm": enc.encode(texts) @ u.T}
-    bm25 = BM25Index(records)
+    u = enc.encode_parts(baseline_unit_parts(records, unit_text))  # (n_units, 384)
+    # MiniLM keeps the question and the most recent text of a long query, as in evaluate
+    out = {"minilm": enc.encode_parts([(q.head, q.text[len(q.head):]) for q in queries]) @ u.T}
+    bm25 = BM25Index(records, unit_text)
     rows = []
     for hits in bm25.search(texts, k=len(records)):
         s = np.full(len(records), -np.inf)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         out["systems"][name]["units_truncated"] = len(records) - len(kept)
         out["systems"][name]["path"] = os.path.relpath(Path(path).resolve(), ROOT)
     t0 = time.perf_counter()
-    for name, scores in baseline_scores(queries, records).items():
+    for name, scores in baseline_scores(queries, records, p.evaluate.baseline_unit_text).items():
         report(name, scores, [r.doc_id for r in records], time.perf_counter() - t0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

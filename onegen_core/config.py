@@ -303,6 +303,7 @@ class PrepareConfig(_Section):
     kb: str = _f("", "entity KB JSONL {id, title, description}; empty = build the embedded KB from the benchmark labels")
     kb_passages: list[str] = _f([], "passage corpora ({title, text}) whose passage of an entity's title becomes its description")
     kb_context_passages: list[str] = _f([], "HotpotQA-format files whose context paragraphs serve as passages too")
+    kb_pages: bool = _f(True, "also write kb_pages.jsonl: every titled page of kb_passages, kb_context_passages and wiki2_eval that is no entity's title, as an entry 'page:<title>' that evaluation searches (encode.kb_pages) and training never samples")
     on_error: Literal["raise", "skip"] = _f("skip", "malformed records: fail at once, or skip them (counted, listed in the report)")
     max_skip_rate: float = _f(0.02, "fail the stage when more than this fraction of a file's records is skipped", ge=0, le=1)
     out_dir: str = _f("data/prepared", "where normalised records, the KB and the report are written")
@@ -376,6 +377,7 @@ class EncodeConfig(_Section):
     report_path: str = _f("metrics/encode.json", "counts of what was encoded")
     kb: str = _f("", "entity KB JSONL (id, title, description) encoded as `{title}: {description} [RD]`; '' = none")
     kb_table: str = _f("entities", "table of the entity KB's vectors (entity linking retrieves from it)")
+    kb_pages: str = _f("", "KB JSONL of extra entries (prepare's kb_pages.jsonl: titled pages no benchmark names) added to kb_table, so disambiguation meets entities beyond the benchmarks' own; '' = none")
     executor: Literal["local", "ray"] = _f("local", "local: one process; ray: Ray Data actors (ray_data.*) on the "
                                            "cluster of distributed.ray_address, rows appended to the same tables")
 
@@ -398,6 +400,7 @@ class EvaluateConfig(_Section):
     el_max_chars: int = _f(1500, "entity linking: article windows of at most this many characters (as trained)", ge=1)
     el_max_retrievals: int = _f(64, "entity linking: [RQ] cap per window", ge=1)
     baselines: list[str] = _f(["minilm", "bm25"], "retrievers run with the same generator: minilm (pipeline), bm25")
+    baseline_unit_text: Literal["rd_context", "unit"] = _f("rd_context", "what the baselines score for a unit: rd_context = what OneGen's [RD] read (the title and the paragraph up to the end of the sentence), unit = 'Title: sentence' alone (before 2026-12-07)")
     sft_checkpoint: str = _f("", "an SFT-only (lambda_r = 0) checkpoint evaluated as generator with MiniLM retrieval; '' = none")
     batch_size: int = _f(8, "multi-hop: rows generated together", ge=1)
     el_batch_size: int = _f(8, "entity linking: windows generated together (they copy their text, so rows of one batch, sorted by length, run about as long)", ge=1)

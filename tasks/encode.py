@@ -14,6 +14,8 @@ import time
 from onegen_core.config import BackboneConfig, EncodeConfig, LossConfig, RayDataConfig
 from onegen_core.data import load_2wiki, load_hotpotqa, load_kb, load_passages
 from onegen_core.data.atomic_write import write_text_atomic
+from onegen_core.data.errors import DataError
+from onegen_core.data.kb import Entity
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
@@ -43,6 +45,20 @@ def collect_documents(cfg: EncodeConfig) -> list[Document]:
     return list(unique.values())
 
 
+def kb_entities(cfg: EncodeConfig) -> list[Entity]:
+    """The entity KB, then `kb_pages`' entries; an id in both files is an error naming the pages file."""
+    entities = load_kb(cfg.kb)
+    if not cfg.kb_pages:
+        return entities
+    ids = {e.id for e in entities}
+    pages = load_kb(cfg.kb_pages)
+    for n, page in enumerate(pages, start=1):
+        if page.id in ids:
+            raise DataError(cfg.kb_pages, f"entry {n}", "id", f"{page.id!r} is already an entity of {cfg.kb}")
+    log.info("entity table: %d KB entities + %d pages (%s)", len(entities), len(pages), cfg.kb_pages)
+    return entities + pages
+
+
 def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | None = None, ray_address: str = "") -> dict:
     """`dtype`: the checkpoint's weights dtype while encoding (params backbone.inference_dtype); `ray_data`:
     encode on Ray Data actors (`encode.executor: ray`) on the Ray of `ray_address` ('' = a local Ray)."""
@@ -53,7 +69,7 @@ def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | Non
     collator = OneGenCollator(tokenizer, max_length=cfg.max_doc_length, max_doc_length=cfg.max_doc_length)
     tables = [(cfg.table, collect_documents(cfg), "encode passages")]
     if cfg.kb:
-        tables.append((cfg.kb_table, documents_from_kb(load_kb(cfg.kb)), "encode entities"))
+        tables.append((cfg.kb_table, documents_from_kb(kb_entities(cfg)), "encode entities"))
     if ray_data is None:
         done = [encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows, desc,
                              AnnSettings.from_config(cfg))

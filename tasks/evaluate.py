@@ -2,8 +2,9 @@
 
 Multi-hop QA (held-out HotpotQA and 2WikiMultihopQA questions), in the distractor and/or open setting:
 - onegen: the model generates; each [RQ] hidden state searches the index (one pass, no re-encoding);
-- minilm: the pipeline — the same generator, a separate MiniLM retriever given the question (plus any
-  sub-question written since the last passage) at each [RQ] ("fix the generator", §4.3.2);
+- minilm: the pipeline — the same generator, a separate MiniLM retriever given what OneGen's [RQ] read
+  (the question and what was pasted or written since; cut keeping the question and the most recent text),
+  over units carrying what OneGen's [RD] read ("fix the generator", §4.3.2);
 - bm25: the same with BM25;
 - sft: an SFT-only (λr = 0) checkpoint as generator with MiniLM retrieval ("fix the retriever"), when
   `evaluate.sft_checkpoint` names one.
@@ -31,6 +32,7 @@ from onegen_core.inference.generation import RetrievalPolicy
 from onegen_core.inference.index import check_checkpoint
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.precision import resolve_inference_dtype
+from onegen_core.prepare.entity_kb import PAGE_ID_PREFIX
 from tasks.adapters import tracking
 from tasks.adapters.eval_systems import (System, ed_baseline_piece, ed_piece, link_piece, multihop_piece,
                                          multihop_systems, system_names)
@@ -52,7 +54,8 @@ def run_multihop(p: Params, onegen: System, units, dtype: str, cache: ResultCach
     names = system_names(cfg.baselines, cfg.sft_checkpoint)
     # the baselines load (and MiniLM encodes the corpus) only when a piece is not kept yet
     systems = functools.cache(functools.partial(multihop_systems, onegen, unit_records, names,
-                                                p.reconstruct.query_style, cfg.sft_checkpoint, dtype, cache.dir))
+                                                p.reconstruct.query_style, cfg.sft_checkpoint, dtype, cache.dir,
+                                                cfg.baseline_unit_text))
     policy = RetrievalPolicy(mode="rag", max_retrievals=cfg.max_retrievals, max_new_tokens=cfg.max_new_tokens)
     datasets = {name: path for name, path in (("hotpotqa", cfg.hotpotqa), ("2wiki", cfg.wiki2)) if path}
     results: dict[str, dict] = {}
@@ -93,8 +96,10 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
     check_checkpoint(kb, ck)
     windows = windows_of(articles, cfg.el_max_chars)
     gold = gold_by_article(articles)
+    # the KB size stands beside every linking figure: disambiguation is harder the more entities it meets
     result: dict[str, Any] = {"articles": len(articles), "windows": len(windows),
-                              "gold_mentions": sum(len(g) for g in gold.values())}
+                              "gold_mentions": sum(len(g) for g in gold.values()), "kb_entities": len(kb),
+                              "kb_pages": sum(r.id.startswith(PAGE_ID_PREFIX) for r in kb.records())}
     link = (functools.partial(link_piece, lm, tok, windows, kb, ck, cfg.el_max_retrievals, cfg.el_batch_size,
                               cfg.el_draft_tokens) if remote is None else
             functools.partial(link_piece_on_ray, remote, windows, cfg.el_max_retrievals, cfg.el_batch_size,

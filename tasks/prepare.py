@@ -20,7 +20,7 @@ from onegen_core.data import (
 )
 from onegen_core.data.elevant import benchmark_name
 from onegen_core.data.multihop import record_to_dict
-from onegen_core.prepare.entity_kb import build_kb
+from onegen_core.prepare.entity_kb import build_kb, page_entities
 from tasks.stage_common import (
     EmptyOutputError,
     SkipRateExceeded,
@@ -92,6 +92,7 @@ def run(cfg: PrepareConfig) -> dict:
     for path in cfg.elevant:
         name = benchmark_name(path)
         split["eval" if name in cfg.el_eval_benchmarks else "train"].append(name)
+    passages: dict[str, str] = {}
     if cfg.kb:
         entities = load_kb(cfg.kb)
         kb_report = {"source": cfg.kb, "entities": len(entities)}
@@ -108,6 +109,15 @@ def run(cfg: PrepareConfig) -> dict:
         raise EmptyOutputError(f"{kb_path}: 0 entities to write, the file holds some; kept it (check prepare.kb "
                                "and prepare.elevant)")
     write_kb(kb_path, entities)
+    if cfg.kb_pages:  # entries only evaluation searches (encode.kb_pages): training's KB above is unchanged
+        pages = dict(passages)
+        for rec in wiki:
+            for para in rec.context:
+                if para.sentences:
+                    pages.setdefault(para.title, para.text().strip())
+        page_rows, page_counts = page_entities(entities, pages)
+        write_kb(out / "kb_pages.jsonl", page_rows)
+        kb_report["pages"] = page_counts
     split_counts = {k: sum(1 for a in articles if a.benchmark in v) for k, v in split.items()}
     write_json(out / "el_split.json", {"benchmarks": split, "articles": split_counts})
 
@@ -119,8 +129,9 @@ def run(cfg: PrepareConfig) -> dict:
         "files": files,
     }
     write_json(out / "report.json", report)
-    log.info("prepared %d training / %d + %d held-out questions; %d EL articles (%s); KB %d entities",
-             len(train), len(held), len(wiki), len(articles), split_counts, len(entities))
+    log.info("prepared %d training / %d + %d held-out questions; %d EL articles (%s); KB %d entities (+ %d "
+             "pages for evaluation)", len(train), len(held), len(wiki), len(articles), split_counts, len(entities),
+             kb_report.get("pages", {}).get("added", 0))
     return report
 
 

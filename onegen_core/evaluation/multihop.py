@@ -50,19 +50,25 @@ def strip_special(text: str) -> str:
     return " ".join(text.split())
 
 
-def pipeline_query_text(question: str, continuation: str, style: str = "implicit") -> str:
-    """What a separate retriever is given at a [RQ]: the same information OneGen's [RQ] has read.
-    Implicit style: the question plus everything pasted or generated since the prompt (passages,
-    sub-answers). Explicit style: the sub-question written since the last pasted passage (the question
-    when none was written)."""
+def pipeline_query_parts(question: str, continuation: str, style: str = "implicit") -> tuple[str, str]:
+    """What a separate retriever is given at a [RQ], as (head, tail): the same information OneGen's [RQ]
+    has read. Implicit style: the question, then everything pasted or generated since the prompt
+    (passages, sub-answers). Explicit style: no head, the sub-question written since the last pasted
+    passage (the question when none was written). A retriever that must truncate keeps the head and the
+    *end* of the tail — the most recent text, nearest the [RQ] (`MiniLMEncoder.fit`)."""
     if style == "explicit":
         tail = continuation.rsplit(PARAGRAPH_CLOSE, 1)[-1]
-        return strip_special(tail) or question
-    return f"{question} {strip_special(continuation)}".strip()
+        return "", strip_special(tail) or question.strip()
+    return question.strip(), strip_special(continuation)
 
 
-def query_text_of(tokenizer, seq: Sequence[int], style: str = "implicit") -> str:
-    """`pipeline_query_text` of a row's token ids (prompt + continuation up to its [RQ]): the question is
+def pipeline_query_text(question: str, continuation: str, style: str = "implicit") -> str:
+    """`pipeline_query_parts` as one string (what BM25 is given)."""
+    return " ".join(part for part in pipeline_query_parts(question, continuation, style) if part)
+
+
+def query_parts_of(tokenizer, seq: Sequence[int], style: str = "implicit") -> tuple[str, str]:
+    """`pipeline_query_parts` of a row's token ids (prompt + continuation up to its [RQ]): the question is
     read off the prompt's question line, the continuation is what follows the prompt (after the chat
     template's assistant header when the tokenizer has one)."""
     decoded = tokenizer.decode(list(seq), skip_special_tokens=False)
@@ -70,7 +76,12 @@ def query_text_of(tokenizer, seq: Sequence[int], style: str = "implicit") -> str
     chat = chat_wrapper(tokenizer)
     if chat and continuation.startswith(chat[1]):
         continuation = continuation[len(chat[1]):]
-    return pipeline_query_text(question, continuation, style)
+    return pipeline_query_parts(question, continuation, style)
+
+
+def query_text_of(tokenizer, seq: Sequence[int], style: str = "implicit") -> str:
+    """`query_parts_of` as one string."""
+    return " ".join(part for part in query_parts_of(tokenizer, seq, style) if part)
 
 
 @dataclass
@@ -163,6 +174,20 @@ def score_example(record: MultiHopRecord, result: GenerationResult, unit_doc: Ca
     }
 
 
+def recall_by_hop(rows: Sequence[dict]) -> dict[str, float]:
+    """Recall@1 of the k-th retrieval, k = 1, 2, …: over the questions with at least k gold paragraphs, the
+    share whose k-th retrieval hit a gold paragraph not hit before (a question that stopped retrieving
+    earlier misses hop k). Shows where a retriever loses: a first hop reads only the question, later
+    ones read pasted passages too."""
+    most = max((r["gold_hops"] for r in rows), default=0)
+    out = {}
+    for k in range(1, most + 1):
+        eligible = [r for r in rows if r["gold_hops"] >= k]
+        hits = sum(len(r["retrievals"]) >= k and bool(r["retrievals"][k - 1]["gold_doc"]) for r in eligible)
+        out[str(k)] = hits / len(eligible)
+    return out
+
+
 def aggregate(rows: Sequence[dict]) -> dict:
     n = len(rows)
     slots = sum(r["subquery_slots"] for r in rows)
@@ -174,6 +199,7 @@ def aggregate(rows: Sequence[dict]) -> dict:
         "recall_at_1_subquery": sum(r["subquery_hits"] for r in rows) / slots if slots else 0.0,
         "recall_at_1_question": sum(r["question_retrieved"] for r in rows) / n if n else 0.0,
         "unit_recall_at_1": sum(r["unit_hits"] for r in rows) / slots if slots else 0.0,
+        "recall_at_1_by_hop": recall_by_hop(rows),
         "retrievals_per_question": sum(len(r["retrievals"]) for r in rows) / n if n else 0.0,
         "misses": sum(misses.values()),
         "misses_by_reason": dict(sorted(misses.items())),

@@ -3,7 +3,7 @@ sentence), batched, yielding unit metadata and L2-normalised vectors for an inde
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,34 @@ def unit_records(doc: Document) -> list[UnitRecord]:
     if doc.granularity == "sentence":
         return [UnitRecord(uid, doc.id, doc.title, u.strip(), full) for uid, u in zip(doc.unit_ids(), doc.units)]
     return [UnitRecord(doc.id, doc.id, doc.title, full, full)]
+
+
+def rd_read_texts(records: Sequence[UnitRecord]) -> list[str]:
+    """What each unit's [RD] has read, as plain text: `Title: ` and the document up to the end of the unit.
+
+    A sentence [RD] sits after its sentence in `Title: s0 [RD] s1 [RD] …`, so causal attention has shown
+    it the title and every earlier sentence; a document [RD] has read the whole document. A separate
+    retriever given this text sees what OneGen's vector saw (issue: baselines on equal footing). Units
+    are ordered by their `doc#k` id within a document; a unit not found in its document's text (it
+    cannot happen for rows `unit_records` wrote) falls back to the unit texts so far, joined by spaces."""
+    by_doc: dict[str, list[tuple[int, int]]] = {}
+    for i, r in enumerate(records):
+        k = r.id.rsplit("#", 1)[-1] if r.id != r.doc_id else "0"
+        by_doc.setdefault(r.doc_id, []).append((int(k) if k.isdigit() else 0, i))
+    out = [""] * len(records)
+    for doc_id, members in by_doc.items():
+        cursor, seen = 0, []
+        for _, i in sorted(members):
+            r = records[i]
+            seen.append(r.text)
+            pos = r.doc_text.find(r.text, cursor) if r.text else -1
+            if pos >= 0:
+                cursor = pos + len(r.text)
+                read = r.doc_text[:cursor]
+            else:
+                read = " ".join(seen)
+            out[i] = f"{r.title}: {read}" if r.title else read
+    return out
 
 
 @torch.no_grad()

@@ -5,7 +5,12 @@ title — that passage as its description.
 
 A title never comes from a held-out article's mention text: that would hand the gold surface form to
 the mention-text ED baselines (BM25, MiniLM over titles). When an entity has no KB name, the mention
-text of a *training* article may title it; otherwise its id does."""
+text of a *training* article may title it; otherwise its id does.
+
+`page_entities` adds every other titled page at hand (the passage corpus, HotpotQA and 2Wiki
+paragraphs) as an entry of its own, so that disambiguation at evaluation meets entities that no
+benchmark names, as it would in a Wikipedia-sized KB. Their titles are Wikipedia page titles, never
+mention texts."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -87,3 +92,28 @@ def build_kb(articles: Iterable[ElevantArticle], passages: dict[str, str],
                      held_out_with_passage=sum(bool(passages.get(title_of[e])) and bool(names[e] or surface[e])
                                                for e in held_out))
     return entities, cov
+
+
+PAGE_ID_PREFIX = "page:"  # a page entry's id: no gold label names it, so linking a mention to one is wrong
+
+
+def page_entities(entities: Iterable[Entity], pages: dict[str, str]) -> tuple[list[Entity], dict[str, int]]:
+    """Every titled page (title → text) that is not already an entity, as `Entity("page:<title>", title,
+    text)`, in `pages` order, and the counts of what was added and skipped. A page whose title (case
+    folded) is an entity's title is that entity's own passage (`build_kb` made it the description), not a
+    second entity; a page without text has nothing to encode."""
+    taken = {e.title.casefold() for e in entities}
+    added: list[Entity] = []
+    counts = Counter()
+    for title, text in pages.items():
+        counts["pages"] += 1
+        key = title.strip().casefold()
+        if not key or not text.strip():
+            counts["skipped_empty"] += 1
+        elif key in taken:
+            counts["skipped_entity_title"] += 1
+        else:
+            taken.add(key)
+            added.append(Entity(PAGE_ID_PREFIX + title, title, text.strip(), None))
+    counts["added"] = len(added)
+    return added, dict(sorted(counts.items()))

@@ -10,7 +10,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from onegen_core.inference.document_encoding import rd_read_texts
 from onegen_core.inference.index import ExactIndex, Hit, UnitRecord, candidate_scores
+
+# What a baseline retriever is given for each unit (`evaluate.baseline_unit_text`):
+# - "rd_context": what OneGen's [RD] of the unit has read — the title and the document up to the end of the
+#   unit (a sentence's [RD] has attended to every earlier sentence of its paragraph): the same footing;
+# - "unit": `Title: sentence` alone, the form the baselines were scored with before 2026-12-07.
+UNIT_TEXT_FORMS = ("rd_context", "unit")
+
+
+def baseline_unit_parts(records: Sequence[UnitRecord], form: str = "rd_context") -> list[tuple[str, str]]:
+    """(head, tail) per unit: the title and the text a baseline scores. A retriever that must truncate
+    keeps the head and the end of the tail — the unit's own sentence and the ones just before it."""
+    if form == "rd_context":
+        read = rd_read_texts(records)
+        return [(f"{r.title}:" if r.title else "", t.removeprefix(f"{r.title}: ") if r.title else t)
+                for r, t in zip(records, read)]
+    if form == "unit":
+        return [(f"{r.title}:" if r.title else "", r.text) for r in records]
+    raise ValueError(f"unknown baseline unit text {form!r}; expected one of {UNIT_TEXT_FORMS}")
+
+
+def joined(parts: Sequence[tuple[str, str]]) -> list[str]:
+    """(head, tail) pairs as the single strings BM25 takes (no length limit there)."""
+    return [f"{h} {t}".strip() for h, t in parts]
 
 
 def minilm_path() -> Path:
@@ -42,6 +66,29 @@ class MiniLMEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def _pieces(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def fit(self, head: str, tail: str) -> str:
+        """`head tail`, cut to `max_length` word-pieces by dropping the *start* of `tail`: the head (a
+        question, a title) and the most recent text survive, where plain truncation would keep the start
+        and lose what was pasted or written last before the [RQ]."""
+        head, tail = head.strip(), tail.strip()
+        budget = self.max_length - self.tokenizer.num_special_tokens_to_add()
+        text = f"{head} {tail}".strip()
+        if not tail or self._pieces(text) <= budget:
+            return text
+        room = budget - self._pieces(head)
+        if room <= 0:
+            return head  # a head past the limit alone: encode's truncation cuts it
+        offsets = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        # cutting inside a word can re-tokenise into more pieces: step forward until it fits
+        for first in range(max(0, len(offsets) - room), len(offsets)):
+            text = f"{head} {tail[offsets[first][0]:]}".strip()
+            if self._pieces(text) <= budget:
+                return text
+        return head
+
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         # length-sorted batches pad far less (sentences vary from 3 to 200 tokens); order restored below
@@ -64,22 +111,26 @@ class MiniLMEncoder:
         restored[order] = vecs
         return restored
 
-    def index(self, records: Sequence[UnitRecord], checkpoint_id: str = "minilm") -> ExactIndex:
-        """Encode every unit (title + text, as the OneGen document rows see it) into an exact index."""
-        texts = [f"{r.title}: {r.text}" if r.title else r.text for r in records]
-        return ExactIndex(records, self.encode(texts), checkpoint_id)
+    def encode_parts(self, parts: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """`encode` of (head, tail) pairs, each fitted by `fit`: (n, 384)."""
+        return self.encode([self.fit(h, t) for h, t in parts], batch_size)
+
+    def index(self, records: Sequence[UnitRecord], checkpoint_id: str = "minilm",
+              form: str = "rd_context") -> ExactIndex:
+        """Encode every unit (`baseline_unit_parts` in `form`) into an exact index."""
+        return ExactIndex(records, self.encode_parts(baseline_unit_parts(records, form)), checkpoint_id)
 
 
 class BM25Index:
     """BM25 (bm25s, Lucene variant) over the same unit texts; search takes query *texts*."""
 
-    def __init__(self, records: Sequence[UnitRecord]) -> None:
+    def __init__(self, records: Sequence[UnitRecord], form: str = "rd_context") -> None:
         import bm25s
 
         self.records = list(records)
         self._bm25s = bm25s
         self.retriever = bm25s.BM25()
-        corpus = [f"{r.title} {r.text}" for r in self.records]
+        corpus = joined(baseline_unit_parts(self.records, form))
         self.retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
 
     def search(self, queries: Sequence[str], k: int, allowed: Sequence[Collection[str] | None] | None = None,

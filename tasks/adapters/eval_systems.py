@@ -3,8 +3,9 @@
 Multi-hop QA (`multihop_systems`):
 - onegen: the trained model; each [RQ] hidden state searches the LanceDB index (no query encoder);
 - minilm: the pipeline — the same generator, a separate MiniLM retriever given the text the model has
-  written at each [RQ] ("fix the generator", §4.3.2);
-- bm25: the same with BM25;
+  read at each [RQ] ("fix the generator", §4.3.2), cut to 256 word-pieces keeping the question and the
+  most recent text; its units carry what OneGen's [RD] read (`evaluate.baseline_unit_text`);
+- bm25: the same with BM25 (no length limit);
 - sft: an SFT-only (λr = 0) checkpoint as generator with MiniLM retrieval ("fix the retriever").
 Entity disambiguation (`ed_baseline`): BM25 or MiniLM over the same entity rows, queried with the gold
 mention's text.
@@ -27,11 +28,11 @@ from onegen_core.config import BackboneConfig
 from onegen_core.data.atomic_write import atomic_path
 from onegen_core.data.elevant import ElevantArticle
 from onegen_core.evaluation.linking import PredictedMention, Window, disambiguate_windows, link_windows
-from onegen_core.evaluation.multihop import QueryEncoder, Setting, evaluate_multihop, query_text_of
+from onegen_core.evaluation.multihop import QueryEncoder, Setting, evaluate_multihop, query_parts_of
 from onegen_core.inference.generation import EngineStats, RetrievalPolicy
 from onegen_core.inference.index import ExactIndex, UnitRecord, VectorIndex
 from onegen_core.method.backbone import load_pretrained
-from tasks.adapters.baselines import BM25Index, MiniLMEncoder, TextSearchBridge
+from tasks.adapters.baselines import BM25Index, MiniLMEncoder, TextSearchBridge, baseline_unit_parts, joined
 from tasks.adapters.result_cache import mentions_to_json
 
 # the evaluate stage's logger: these lines are part of its log
@@ -57,36 +58,42 @@ def system_names(baselines: Sequence[str], sft_checkpoint: str) -> list[str]:
 
 
 class QueryText:
-    """A row's token ids up to its [RQ] → the text a separate retriever is given (`query_text_of`)."""
+    """A row's token ids up to its [RQ] → what a separate retriever is given (`query_parts_of`): the text
+    for BM25, (head, tail) for a retriever that must truncate."""
 
     def __init__(self, tokenizer, style: str) -> None:
         self.tokenizer, self.style = tokenizer, style
 
+    def parts(self, seq: list[int]) -> tuple[str, str]:
+        return query_parts_of(self.tokenizer, seq, self.style)
+
     def __call__(self, seq: list[int]) -> str:
-        return query_text_of(self.tokenizer, seq, self.style)
+        return joined([self.parts(seq)])[0]
 
 
 class MiniLMQueryEncoder:
-    """The engine's query encoder for the pipeline baseline: MiniLM's vector of the row's query text."""
+    """The engine's query encoder for the pipeline baseline: MiniLM's vector of the row's query text, cut
+    to its 256 word-pieces keeping the question and the most recent text (`MiniLMEncoder.fit`)."""
 
     def __init__(self, minilm: MiniLMEncoder, text: QueryText) -> None:
         self.minilm, self.text = minilm, text
 
     def __call__(self, row: int, seq: list[int]) -> np.ndarray:
-        return self.minilm.encode([self.text(seq)])[0]  # (384,)
+        return self.minilm.encode_parts([self.text.parts(seq)])[0]  # (384,)
 
 
-def minilm_index(minilm: MiniLMEncoder, records: Sequence[UnitRecord], cache_dir: Path) -> ExactIndex:
-    """MiniLM vectors of every unit (`title: text`), kept beside the partial results: encoding the
-    corpus is the slowest part of the baselines and must not be paid again on resume."""
-    f = cache_dir / "minilm_units.npz"
+def minilm_index(minilm: MiniLMEncoder, records: Sequence[UnitRecord], cache_dir: Path,
+                 form: str = "rd_context") -> ExactIndex:
+    """MiniLM vectors of every unit (`baseline_unit_parts` in `form`), kept beside the partial results:
+    encoding the corpus is the slowest part of the baselines and must not be paid again on resume."""
+    f = cache_dir / f"minilm_units.{form}.npz"
     ids = np.array([r.id for r in records])
     if f.is_file():
         data = np.load(f, allow_pickle=False)
         if data["ids"].shape == ids.shape and (data["ids"] == ids).all():
             return ExactIndex(records, data["vectors"], "minilm")
     t0 = time.perf_counter()
-    vectors = minilm.encode([f"{r.title}: {r.text}" if r.title else r.text for r in records])  # (n, 384)
+    vectors = minilm.encode_parts(baseline_unit_parts(records, form))  # (n, 384)
     log.info("MiniLM encoded %d units in %.0f s", len(records), time.perf_counter() - t0)
     with atomic_path(f) as tmp:
         np.savez(tmp, ids=ids, vectors=vectors)
@@ -94,14 +101,15 @@ def minilm_index(minilm: MiniLMEncoder, records: Sequence[UnitRecord], cache_dir
 
 
 def multihop_systems(onegen: System, unit_records: Sequence[UnitRecord], names: Sequence[str], query_style: str,
-                     sft_checkpoint: str, dtype: str, cache_dir: Path) -> dict[str, System]:
+                     sft_checkpoint: str, dtype: str, cache_dir: Path, unit_text: str = "rd_context") -> dict[str, System]:
     """The systems `names` (from `system_names`) by name. The baselines share `onegen`'s generator and
-    read what it writes before [RQ] (`query_style`); sft loads `sft_checkpoint` in `dtype`."""
+    read what it writes before [RQ] (`query_style`); their units read `unit_text`
+    (`baseline_unit_parts`); sft loads `sft_checkpoint` in `dtype`."""
     systems = {"onegen": onegen}
     lm, tok = onegen.model, onegen.tokenizer
     if "minilm" in names or "sft" in names:
         minilm = MiniLMEncoder()
-        mini_index = minilm_index(minilm, unit_records, cache_dir)
+        mini_index = minilm_index(minilm, unit_records, cache_dir, unit_text)
         if "minilm" in names:
             systems["minilm"] = System("minilm", lm, tok, mini_index,
                                        MiniLMQueryEncoder(minilm, QueryText(tok, query_style)), None)
@@ -110,7 +118,7 @@ def multihop_systems(onegen: System, unit_records: Sequence[UnitRecord], names: 
             systems["sft"] = System("sft", sft_lm.eval(), sft_tok, mini_index,
                                     MiniLMQueryEncoder(minilm, QueryText(sft_tok, query_style)), None)
     if "bm25" in names:
-        bridge = TextSearchBridge(BM25Index(unit_records), QueryText(tok, query_style))
+        bridge = TextSearchBridge(BM25Index(unit_records, unit_text), QueryText(tok, query_style))
         systems["bm25"] = System("bm25", lm, tok, bridge, bridge.query_encoder, None)
     return systems
 
@@ -123,11 +131,14 @@ def ed_baseline(name: str, kb, articles: Sequence[ElevantArticle],
     texts_by = {a.key: a.text for a in articles}
     mentions = [(k, g) for k, gs in gold.items() for g in sorted(gs, key=lambda g: g[1])]
     queries = [texts_by[k][g[1]:g[2]] for k, g in mentions]
+    # entity rows are whole documents (`Title: description`), what OneGen's [RD] of the entity read; MiniLM
+    # keeps their start when cutting (the first sentences of a description define the entity)
     if name == "bm25":
-        hits = BM25Index(records).search(queries, 1)
+        hits = BM25Index(records, "unit").search(queries, 1)
     else:
         enc = MiniLMEncoder()
-        hits = enc.index(records).search(enc.encode(queries), 1)
+        entity_index = ExactIndex(records, enc.encode(joined(baseline_unit_parts(records, "unit"))), "minilm")
+        hits = entity_index.search(enc.encode(queries), 1)
     out: dict[str, list[PredictedMention]] = {}
     for (k, g), h in zip(mentions, hits):
         out.setdefault(k, []).append(PredictedMention(g[1], g[2], h[0].id if h else None, h[0].score if h else None))

@@ -16,6 +16,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def hop_table(result: dict) -> list[str]:
+    """Recall@1 of the k-th retrieval, per system: where a retriever loses (the first hop reads only the
+    question; later ones read pasted passages as well)."""
+    rows = [(ds, setting, name, a["recall_at_1_by_hop"]) for ds, settings in result.get("multihop", {}).items()
+            for setting, systems in settings.items() for name, a in systems.items() if "recall_at_1_by_hop" in a]
+    if not rows:
+        return []
+    hops = max(len(r[3]) for r in rows)
+    lines = ["| dataset | setting | system | " + " | ".join(f"R@1 hop {k}" for k in range(1, hops + 1)) + " |",
+             "|---|---|---|" + "---:|" * hops]
+    for ds, setting, name, by_hop in rows:
+        cells = [_pct(by_hop[str(k)]) if str(k) in by_hop else "-" for k in range(1, hops + 1)]
+        lines.append(f"| {ds} | {setting} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def multihop_table(result: dict) -> list[str]:
     lines = ["| dataset | setting | system | questions | EM | F1 | R@1 sub-query | R@1 question | unit R@1 | misses (by reason) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -43,7 +59,9 @@ def el_table(result: dict) -> list[str]:
     el = result.get("entity_linking") or {}
     if not el:
         return ["(no entity-linking benchmark evaluated)"]
-    lines = [f"{el['articles']} articles in {el['windows']} windows, {el['gold_mentions']} InKB gold mentions; "
+    kb = (f"a KB of {el['kb_entities']:,} entities ({el.get('kb_pages', 0):,} of them pages no benchmark names); "
+          if "kb_entities" in el else "")  # absent from metrics written before 2026-12-07
+    lines = [f"{el['articles']} articles in {el['windows']} windows, {el['gold_mentions']} InKB gold mentions; {kb}"
              f"windows by finish reason: {el['windows_by_finish_reason']}; ED mentions cut by max length: "
              f"{el['ed_mentions_truncated']}.", *_linking_pass_line(el), "",
              "| benchmark | system | task | P | R | F1 | tp | fp | fn |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -117,7 +135,11 @@ def write_report(result: dict, out: Path) -> Path:
              "Systems: " + "; ".join(f"**{k}** = {v}" for k, v in SYSTEM_NAMES.items()), "",
              "**The same rules for every system.** Each baseline retriever is given what OneGen's [RQ] has read "
              "at that point: the question plus everything pasted or generated since (implicit query style), or "
-             "the sub-question written since the last passage (explicit style). A passage already pasted into "
+             "the sub-question written since the last passage (explicit style); MiniLM, limited to 256 "
+             "word-pieces, keeps the question and the most recent text. Each unit is scored on what OneGen's "
+             "[RD] of it read (`evaluate.baseline_unit_text`: the title and its paragraph up to the end of the "
+             "sentence). The baselines share OneGen's generator (App. G.2 pairs them with an SFT-only one: the "
+             "`sft` system, when `evaluate.sft_checkpoint` names such a checkpoint). A passage already pasted into "
              "a sequence is not retrieved again, by any system. Positives follow the paper (App. G.1): every "
              "sentence of a gold paragraph at or after its first supporting sentence; unit R@1 and "
              "training's teacher-forced Recall@k use the same definition.", "",
@@ -127,6 +149,10 @@ def write_report(result: dict, out: Path) -> Path:
              "paragraph not hit before (per max(emitted, gold) hops); R@1 question: every hop hit a distinct "
              "gold paragraph and all were hit.", ""]
     lines += multihop_table(result)
+    hops = hop_table(result)
+    if hops:
+        lines += ["", "Recall@1 by hop: the k-th retrieval hit a gold paragraph not hit before, over the questions "
+                  "with at least k gold paragraphs (a question that stopped retrieving misses the hop).", ""] + hops
     lines += ["", "## Entity linking", "", "### Exact-span strong matching (InKB micro)", "",
               "A prediction counts only with the exact gold span (and entity); labels ELEVANT marks optional "
               "or coreference are not required.", ""] + el_table(result) + [""]

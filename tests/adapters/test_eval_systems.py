@@ -20,8 +20,8 @@ from tasks.adapters.eval_systems import (
     system_names,
 )
 
-RECORDS = [UnitRecord("paris", "paris", "Paris", "capital of France", "Paris: capital of France"),
-           UnitRecord("berlin", "berlin", "Berlin", "capital of Germany", "Berlin: capital of Germany"),
+RECORDS = [UnitRecord("paris", "paris", "Paris", "capital of France", "capital of France"),
+           UnitRecord("berlin", "berlin", "Berlin", "capital of Germany", "capital of Germany"),
            UnitRecord("obama", "obama", "", "Barack Obama, president", "Barack Obama, president")]
 
 
@@ -34,6 +34,9 @@ class FakeMiniLM:
     def encode(self, texts):
         self.calls.append(list(texts))
         return np.array([[len(t), 1.0, 2.0] for t in texts], np.float32)  # (n, 3)
+
+    def encode_parts(self, parts):  # no length limit here: `fit` is tested on the real tokenizer
+        return self.encode([f"{h} {t}".strip() for h, t in parts])
 
 
 @pytest.mark.parametrize(("baselines", "sft", "names"), [
@@ -50,17 +53,26 @@ def test_minilm_unit_vectors_are_kept_and_reused_while_the_units_are_the_same(tm
     first = minilm_index(enc, RECORDS, tmp_path)
     assert enc.calls == [["Paris: capital of France", "Berlin: capital of Germany", "Barack Obama, president"]]
     assert isinstance(first, ExactIndex) and first.checkpoint_id == "minilm"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm_units.npz"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm_units.rd_context.npz"]  # no temporary left
     again = minilm_index(enc, RECORDS, tmp_path)
     assert len(enc.calls) == 1 and np.array_equal(again.vectors, first.vectors)
     minilm_index(enc, RECORDS[:2], tmp_path)  # other units: encoded again
     assert enc.calls[-1] == ["Paris: capital of France", "Berlin: capital of Germany"]
+    minilm_index(enc, RECORDS, tmp_path, "unit")  # the other unit-text form is kept apart
+    assert len(enc.calls) == 3 and (tmp_path / "minilm_units.unit.npz").is_file()
+
+
+class PartsOf:
+    """A `QueryText` stand-in: (question, what followed) of a row."""
+
+    def parts(self, seq):
+        return "q?", f"r{len(seq)}"
 
 
 def test_the_minilm_query_encoder_encodes_the_rows_query_text():
     enc = FakeMiniLM()
-    vec = MiniLMQueryEncoder(enc, lambda seq: f"q{len(seq)}")(0, [5, 6, 7])
-    assert enc.calls == [["q3"]] and vec.tolist() == [2.0, 1.0, 2.0]
+    vec = MiniLMQueryEncoder(enc, PartsOf())(0, [5, 6, 7])
+    assert enc.calls == [["q? r3"]] and vec.tolist() == [5.0, 1.0, 2.0]
 
 
 def test_the_baselines_share_onegens_generator(tmp_path, monkeypatch):
@@ -73,7 +85,7 @@ def test_the_baselines_share_onegens_generator(tmp_path, monkeypatch):
     assert isinstance(mini.query_encoder, MiniLMQueryEncoder) and mini.query_encoder.text.style == "explicit"
     assert isinstance(bm25.index, TextSearchBridge) and bm25.query_encoder == bm25.index.query_encoder
     assert isinstance(bm25.index.to_text, QueryText) and bm25.index.to_text.tokenizer == "tok"
-    assert (tmp_path / "minilm_units.npz").is_file()
+    assert (tmp_path / "minilm_units.rd_context.npz").is_file()
     only = multihop_systems(onegen, RECORDS, ["onegen"], "explicit", "", "float32", tmp_path / "none")
     assert list(only) == ["onegen"] and not (tmp_path / "none").exists()  # no baseline asked: nothing built
 

@@ -140,6 +140,62 @@ def test_kb_titles_never_come_from_held_out_mention_texts():
             d["held_out_gold_with_passage"]) == (3, 3, 1, 1)
 
 
+def test_kb_pages_add_every_other_titled_page_once():
+    """Pages no benchmark names join the evaluation KB as `page:<title>` entries; a page titled like an
+    entity is that entity's own passage, not a second entity (case folded); an empty page is counted."""
+    from onegen_core.prepare.entity_kb import page_entities
+
+    kb = [Entity("Q76", "Barack Obama", "44th president."), Entity("Q90", "Paris", "")]
+    pages = {"Barack Obama": "44th president.", "paris": "Capital.", "Lyon": " A city. ", "Empty": "  ",
+             "LYON": "Same title again."}
+    added, counts = page_entities(kb, pages)
+    assert added == [Entity("page:Lyon", "Lyon", "A city.", None)]
+    assert counts == {"added": 1, "pages": 5, "skipped_empty": 1, "skipped_entity_title": 3}
+
+
+def test_prepare_writes_kb_pages_beside_an_unchanged_kb(tmp_path, shared_data):
+    """`kb_pages.jsonl` holds the shared data's other pages; `kb.jsonl`, which training samples, is the
+    same with and without it."""
+    from onegen_core.data.kb import load_kb
+    from onegen_core.data.multihop import load_2wiki
+    from tasks import prepare
+
+    hp, wiki = shared_data / "hotpotqa", shared_data / "2wikimultihopqa"
+    el = shared_data / "entity_linking" / "elevant"
+    common = dict(hotpotqa_train=[str(hp / "train_sample.json")], hotpotqa_dev="", dev_train_count=0,
+                  wiki2_eval=[str(wiki / "dev_sample.jsonl")], elevant=[str(el / "spotlight.benchmark.jsonl")],
+                  el_eval_benchmarks=[], kb_context_passages=[str(hp / "train_sample.json")])
+    with_pages = prepare.run(PrepareConfig(out_dir=str(tmp_path / "a"), kb_pages=True, **common))
+    prepare.run(PrepareConfig(out_dir=str(tmp_path / "b"), kb_pages=False, **common))
+    assert (tmp_path / "a" / "kb.jsonl").read_bytes() == (tmp_path / "b" / "kb.jsonl").read_bytes()
+    assert not (tmp_path / "b" / "kb_pages.jsonl").exists()
+    pages = load_kb(tmp_path / "a" / "kb_pages.jsonl")
+    titles = {e.title.casefold() for e in load_kb(tmp_path / "a" / "kb.jsonl")}
+    assert pages and all(p.id == "page:" + p.title and p.title.casefold() not in titles for p in pages)
+    assert len({p.title.casefold() for p in pages}) == len(pages)
+    counts = with_pages["kb"]["pages"]
+    assert counts["added"] == len(pages) and counts["pages"] == sum(counts.values()) - counts["added"]
+    # 2Wiki's paragraphs are pages too, not only the HotpotQA ones
+    two_wiki = {para.title for r in load_2wiki(wiki / "dev_sample.jsonl") for para in r.context}
+    assert two_wiki & {p.title for p in pages}
+
+
+def test_encode_appends_the_pages_to_the_kb_and_refuses_an_id_in_both(tmp_path):
+    from onegen_core.config import EncodeConfig
+    from onegen_core.data.errors import DataError
+    from onegen_core.data.kb import write_kb
+    from tasks.encode import kb_entities
+
+    write_kb(tmp_path / "kb.jsonl", [Entity("Q1", "One", "first")])
+    write_kb(tmp_path / "pages.jsonl", [Entity("page:Two", "Two", "second")])
+    cfg = EncodeConfig(kb=str(tmp_path / "kb.jsonl"), kb_pages=str(tmp_path / "pages.jsonl"))
+    assert [e.id for e in kb_entities(cfg)] == ["Q1", "page:Two"]
+    assert [e.id for e in kb_entities(EncodeConfig(kb=str(tmp_path / "kb.jsonl")))] == ["Q1"]
+    write_kb(tmp_path / "pages.jsonl", [Entity("page:Two", "Two", "second"), Entity("Q1", "One", "again")])
+    with pytest.raises(DataError, match=r"pages.jsonl: record entry 2: field 'id': 'Q1' is already an entity"):
+        kb_entities(cfg)
+
+
 def test_validation_split_per_task_counts_and_the_old_split_without_them():
     import random
 
