@@ -30,6 +30,8 @@ from onegen_core.method.backbone import load_pretrained
 from onegen_core.method.collator import OneGenCollator
 from onegen_core.method.model import OneGenModel
 from onegen_core.method.precision import resolve_inference_dtype
+from onegen_core.method.prompts import QUESTION_PREFIX
+from onegen_core.method.segments import Text
 from onegen_core.prepare.multihop import escape_record, paragraph_document
 from onegen_core.training.dataset import load_examples
 
@@ -49,16 +51,33 @@ def validation_multihop(p) -> list:
     return [with_context(e, [paragraph_document(q, g) for q in records[e.id].context if q.sentences]) for e in val]
 
 
-def baseline_scores(queries: list[HopQuery], records: list, unit_text: str = "rd_context") -> dict[str, np.ndarray]:
+def question_of(example) -> str:
+    """The question an example's prompt asks (its first text segment, as `hop_queries` reads it)."""
+    first = next((s for s in example.segments if isinstance(s, Text)), None)
+    return first.text.removeprefix(QUESTION_PREFIX).strip() if first is not None else ""
+
+
+def query_parts(query: HopQuery, question: str) -> tuple[str, str]:
+    """(head, tail) of a hop's query text for a truncating retriever: the question, when the text starts
+    with it (implicit style), and the rest (`pipeline_query_parts`)."""
+    if question and query.text.startswith(question):
+        return question, query.text[len(question):]
+    return "", query.text
+
+
+def baseline_scores(queries: list[HopQuery], records: list, unit_text: str = "rd_context",
+                    questions: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """(n_queries, n_units) scores of MiniLM (cosine of mean-pooled vectors) and BM25 over `records`, each
-    unit given as `unit_text` (`baseline_unit_parts`), as the evaluate stage gives them."""
+    unit given as `unit_text` (`baseline_unit_parts`), as the evaluate stage gives them; `questions`
+    (example id → question) tells MiniLM which start of a long query to keep."""
+    questions = questions or {}
     from tasks.adapters.baselines import BM25Index, MiniLMEncoder, baseline_unit_parts
 
     texts = [q.text for q in queries]
     enc = MiniLMEncoder()
     u = enc.encode_parts(baseline_unit_parts(records, unit_text))  # (n_units, 384)
     # MiniLM keeps the question and the most recent text of a long query, as in evaluate
-    out = {"minilm": enc.encode_parts([(q.head, q.text[len(q.head):]) for q in queries]) @ u.T}
+    out = {"minilm": enc.encode_parts([query_parts(q, questions.get(q.example_id, "")) for q in queries]) @ u.T}
     bm25 = BM25Index(records, unit_text)
     rows = []
     for hits in bm25.search(texts, k=len(records)):
@@ -116,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         out["systems"][name]["units_truncated"] = len(records) - len(kept)
         out["systems"][name]["path"] = os.path.relpath(Path(path).resolve(), ROOT)
     t0 = time.perf_counter()
-    for name, scores in baseline_scores(queries, records, p.evaluate.baseline_unit_text).items():
+    questions = {ex.id: question_of(ex) for ex in examples}
+    for name, scores in baseline_scores(queries, records, p.evaluate.baseline_unit_text, questions).items():
         report(name, scores, [r.doc_id for r in records], time.perf_counter() - t0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

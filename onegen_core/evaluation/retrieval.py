@@ -158,11 +158,10 @@ class HopQuery:
 
     example_id: str
     hop: int  # 0 = the first [RQ] of the example
-    text: str  # what a separate retriever is given here (`pipeline_query_parts` joined: the same information)
+    text: str  # what a separate retriever is given here (`pipeline_query_text`: the same information)
     own_docs: frozenset[str]  # the question's paragraphs (the distractor setting's candidates)
     pasted: frozenset[str]  # paragraphs pasted before this [RQ]: never retrieved again
     gold: frozenset[str]  # gold paragraphs not pasted yet
-    head: str = ""  # the start of `text` a truncating retriever keeps (the question; `pipeline_query_parts`)
 
 
 def with_context(example: TrainingExample, documents: Sequence) -> TrainingExample:
@@ -177,7 +176,7 @@ def with_context(example: TrainingExample, documents: Sequence) -> TrainingExamp
 def hop_queries(example: TrainingExample, style: str = "implicit") -> list[HopQuery]:
     """The [RQ]s of a multi-hop example in order, each with the text before it (for the baselines) and
     the gold paragraphs left to find."""
-    from onegen_core.evaluation.multihop import pipeline_query_parts
+    from onegen_core.evaluation.multihop import pipeline_query_text
 
     unit_doc = {u: d.id for d in example.documents for u in d.unit_ids()}
     gold_of = {q.id: {unit_doc[u] for u in q.positives if u in unit_doc} for q in example.queries}
@@ -193,9 +192,8 @@ def hop_queries(example: TrainingExample, style: str = "implicit") -> list[HopQu
             continue
         k = order.index(seg.query_id)
         remaining = set().union(*(gold_of[q] for q in order[k:])) - pasted
-        head, tail = pipeline_query_parts(question or "", "".join(texts), style)
-        out.append(HopQuery(example.id, k, f"{head} {tail}".strip(), frozenset(d.id for d in example.documents),
-                            frozenset(pasted), frozenset(remaining), head))
+        out.append(HopQuery(example.id, k, pipeline_query_text(question or "", "".join(texts), style),
+                            frozenset(d.id for d in example.documents), frozenset(pasted), frozenset(remaining)))
         pasted |= gold_of[seg.query_id]  # the engine pastes the retrieved paragraph; teacher forcing, the gold one
     return out
 
