@@ -74,6 +74,8 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
                     counts["dropped_" + ("error" if result is None else "rejected")] += 1
         report = {"backend": f"{backend.name}/{backend.model}", "prompt": cfg.prompt, **rep.to_dict(),
                   "outcome": dict(counts)}
+        if cfg.executor == "local" and getattr(backend, "stats", None) is not None:
+            report["server"] = dict(sorted(backend.stats.items()))  # HTTP retries, answers cut at max_tokens
     # a cache written before redaction existed may hold an echoed key: what goes out is redacted again
     redact = getattr(backend, "redact", None) or (lambda text: text)
     rows = [json.loads(redact(json.dumps(d.to_dict(), ensure_ascii=False))) for d in decompositions]

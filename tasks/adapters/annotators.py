@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import urllib.error
+from collections import Counter
 import urllib.request
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -120,6 +121,10 @@ class OpenAIChatBackend:
         self.max_tokens = int(max_tokens)
         self.max_concurrency = int(max_concurrency)
         self._opener = urllib.request.build_opener(_NoRedirect())
+        # what the server did, for the stage's report: HTTP retries, completions cut at max_tokens
+        # (finish_reason "length"), completion tokens (`usage`); per process (a Ray task counts its own)
+        self.stats: Counter = Counter()
+        self._stats_lock = threading.Lock()
         if not os.environ.get(api_key_env):
             logger.info("environment variable %s is not set: requests carry no Authorization header", api_key_env)
 
@@ -128,6 +133,19 @@ class OpenAIChatBackend:
                 f"api_key_env={self.api_key_env!r}, timeout_s={self.timeout_s}, max_retries={self.max_retries})")
 
     __str__ = __repr__
+
+    def __getstate__(self) -> dict:  # a lock does not pickle (Ray ships the backend to its tasks)
+        state = dict(self.__dict__)
+        del state["_stats_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+
+    def _count(self, **counts: int) -> None:
+        with self._stats_lock:
+            self.stats.update(counts)
 
     # -- one request
 
@@ -166,19 +184,24 @@ class OpenAIChatBackend:
         except (ConnectionError, http.client.HTTPException) as exc:
             raise _Retryable(f"connection failed: {type(exc).__name__}: {exc}") from None
 
-    @staticmethod
-    def _content(raw: bytes) -> str:
-        """``choices[0].message.content`` of a chat-completions response."""
+    def _content(self, raw: bytes) -> str:
+        """``choices[0].message.content`` of a chat-completions response (its finish reason and token
+        usage counted)."""
         try:
             payload = json.loads(raw)
         except ValueError:
             raise _Retryable(f"response body is not JSON ({len(raw)} bytes)") from None
         try:
-            content = payload["choices"][0]["message"]["content"]
+            choice = payload["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise _Retryable("response has no choices[0].message.content") from None
         if not isinstance(content, str):
             raise _Retryable(f"choices[0].message.content is {type(content).__name__}, not a string")
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        tokens = usage.get("completion_tokens")
+        self._count(completions=1, truncated=int(choice.get("finish_reason") == "length"),
+                    completion_tokens=tokens if isinstance(tokens, int) else 0)
         return content
 
     # -- the protocol
@@ -205,6 +228,7 @@ class OpenAIChatBackend:
                     raise BackendError(self.redact(f"POST {self.url}: {exc} (gave up after {attempt + 1} attempts)"),
                                        exc.status) from None
                 delay = self._delay(attempt, exc.retry_after)
+                self._count(http_retries=1)
                 logger.warning("POST %s: %s; retry %d/%d in %.2fs", self.url, self.redact(str(exc)), attempt + 1,
                                self.max_retries, delay)
                 time.sleep(delay)

@@ -216,10 +216,13 @@ def test_malformed_decomposition_is_retried_then_rejected(server, train_records,
 def test_500_and_429_are_retried_then_succeed(server, train_records, tmp_path, mode, caplog):
     state, url = server
     records = train_records[:3]
+    backend = backend_for(url, mode)
     with caplog.at_level(logging.WARNING, logger="tasks.adapters.annotators"):
-        report = run(backend_for(url, mode), records, tmp_path / "c.jsonl")
+        report = run(backend, records, tmp_path / "c.jsonl")
     assert (report.accepted, report.errors, report.requests) == (3, 0, 3)
     assert state.counts(mode) == Counter({r.id: 2 for r in records})
+    # the stage reports what the server did: one HTTP retry per question, 3 completions, none cut
+    assert backend.stats == Counter({"http_retries": 3, "completions": 3})
     status = "500" if mode == "flaky500" else "429"
     assert sum(f"HTTP {status}; retry 1/2" in m for m in caplog.messages) == 3
 
