@@ -323,6 +323,7 @@ class AnnotateConfig(_Section):
     max_tokens: int = _f(1024, "longest answer", ge=1)
     max_concurrency: int = _f(8, "requests in flight at once", ge=1)
     max_attempts: int = _f(3, "answers requested per example before it is recorded as rejected", ge=1)
+    structured_output: bool = _f(False, "ask the server to constrain each answer to the Fig. 13 answer format (vLLM structured outputs, a regex per record): for small annotators that do not keep the format; the paper's Qwen2-72B needed none (off)")
     prompt: Literal["fig13", "numbered"] = _f("fig13", "decomposition prompt: the paper's Fig. 13 verbatim, or 'numbered' (this project's earlier prompt: documents as [k] Title: text, an example of ours)")
     hf_model_path: str = _f("", "local HF model directory (backend: hf)")
     executor: Literal["local", "ray"] = _f("local", "where requests run: in-process threads, or Ray tasks (a cluster fan-out)")

@@ -60,10 +60,10 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
                 runner = ray_runner(cfg.ray_address)
             rep = annotate(records, backend, cache, cfg.max_attempts, max_concurrency=cfg.max_concurrency,
                            on_progress=lambda r: bar.update(r.done - bar.n), runner=runner,
-                           prompt_style=cfg.prompt)
+                           prompt_style=cfg.prompt, structured=cfg.structured_output)
             bar.close()
             for r in records:
-                result = cache.get(cache_key(r, backend, cfg.prompt))
+                result = cache.get(cache_key(r, backend, cfg.prompt, cfg.structured_output))
                 if result is not None and result.status == "accepted":
                     decompositions.append(result.decomposition)
                     counts["accepted"] += 1
@@ -72,7 +72,8 @@ def run(cfg: AnnotateConfig, records_path: str) -> dict:
                     counts["fallback_heuristic_" + ("error" if result is None else "rejected")] += 1
                 else:
                     counts["dropped_" + ("error" if result is None else "rejected")] += 1
-        report = {"backend": f"{backend.name}/{backend.model}", "prompt": cfg.prompt, **rep.to_dict(),
+        report = {"backend": f"{backend.name}/{backend.model}", "prompt": cfg.prompt,
+                  "structured_output": cfg.structured_output, **rep.to_dict(),
                   "outcome": dict(counts)}
         if cfg.executor == "local" and getattr(backend, "stats", None) is not None:
             report["server"] = dict(sorted(backend.stats.items()))  # HTTP retries, answers cut at max_tokens

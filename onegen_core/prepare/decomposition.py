@@ -48,6 +48,7 @@ __all__ = [
     "prompt_hash",
     "read_decompositions",
     "related_doc_block",
+    "answer_regex",
     "to_hops",
 ]
 
@@ -165,6 +166,33 @@ def build_prompt(record: MultiHopRecord, style: str = "fig13") -> str:
         return NUMBERED_PROMPT.format(question=record.question.strip(), answer=record.answer.strip(),
                                       documents=numbered)
     raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+
+# A content: one line, no tag inside; bounded so a constrained small model cannot run on forever.
+_CONTENT = r"[^<\n]{1,300}"
+
+
+def answer_regex(record: MultiHopRecord, style: str = "fig13") -> str:
+    """The Fig. 13 answer format of this record as a regular expression, for servers that constrain
+    decoding (`annotate.structured_output`, vLLM's structured outputs): 1 to n steps for n related
+    documents, numbered in order, each `<SUB-QUESTION-k>`, `<CORRESPONDING-DOC-k>` naming one of the
+    record's documents as the prompt style numbers them (`RELATED-DOC-j`, or `[j]`), `<SUB-ANSWER-k>`,
+    then `<FINAL-ANSWER>`; contents one line each, laid out as the figure's example. Whatever it lets
+    through still goes through :func:`parse_decomposition`."""
+    n = len(prompt_documents(record))
+    if n < 1:
+        raise ValueError(f"record {record.id!r} has no related document to decompose over")
+    refs = "|".join(f"RELATED-DOC-{j}" if style == "fig13" else rf"\[{j}\]" for j in range(1, n + 1))
+
+    def step(k: int) -> str:
+        return (f"<SUB-QUESTION-{k}>\n{_CONTENT}\n</SUB-QUESTION-{k}>\n"
+                f"<CORRESPONDING-DOC-{k}>\n({refs})\n</CORRESPONDING-DOC-{k}>\n"
+                f"<SUB-ANSWER-{k}>\n{_CONTENT}\n</SUB-ANSWER-{k}>\n")
+
+    steps = ""
+    for k in range(n, 1, -1):  # step 1, then optionally 2, then optionally 3 ...: nested, so numbered in order
+        steps = f"({step(k)}{steps})?"
+    return f"{step(1)}{steps}<FINAL-ANSWER>\n{_CONTENT}\n</FINAL-ANSWER>"
 
 
 def prompt_hash(prompt: str, model_name: str) -> str:

@@ -24,9 +24,12 @@ logger = logging.getLogger(__name__)
 CacheKey = tuple[str, str]  # (example id, prompt hash)
 
 
-def cache_key(record: MultiHopRecord, backend: Backend, prompt_style: str = "fig13") -> CacheKey:
-    """(example id, hash of this record's prompt in `prompt_style` and of the backend's name and model)."""
-    return record.id, prompt_hash(build_prompt(record, prompt_style), f"{backend.name}/{backend.model}")
+def cache_key(record: MultiHopRecord, backend: Backend, prompt_style: str = "fig13",
+              structured: bool = False) -> CacheKey:
+    """(example id, hash of this record's prompt in `prompt_style`, of the backend's name and model, and of
+    whether decoding was constrained: a constrained answer is another answer)."""
+    asked_of = f"{backend.name}/{backend.model}" + ("/structured" if structured else "")
+    return record.id, prompt_hash(build_prompt(record, prompt_style), asked_of)
 
 
 Status = Literal["accepted", "rejected"]

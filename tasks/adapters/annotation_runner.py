@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onegen_core.data.multihop import MultiHopRecord
-from onegen_core.prepare.decomposition import AnnotationRejected, build_prompt, parse_decomposition
+from onegen_core.prepare.decomposition import AnnotationRejected, answer_regex, build_prompt, parse_decomposition
 from tasks.adapters.annotation_cache import AnnotationCache, AnnotationResult, CacheKey, cache_key
 from tasks.adapters.annotators import Backend, BackendError
 
@@ -77,6 +77,7 @@ class Pending:
     record: MultiHopRecord
     key: CacheKey
     prompt: str
+    regex: str | None = None  # the answer format the server must keep to (`annotate.structured_output`)
 
 
 def annotate_one(item: Pending, backend: Backend, max_attempts: int) -> _Outcome:
@@ -87,7 +88,8 @@ def annotate_one(item: Pending, backend: Backend, max_attempts: int) -> _Outcome
     redact = getattr(backend, "redact", None) or (lambda text: text)  # what is stored never holds the key
     for attempt in range(1, max_attempts + 1):
         try:
-            response = redact(backend.complete(prompt))
+            response = redact(backend.complete(prompt) if item.regex is None else
+                              backend.complete(prompt, regex=item.regex))
         except (BackendError, OSError) as exc:  # OSError covers timeouts and connection errors
             return _Outcome(key, attempt, error=redact(f"{type(exc).__name__}: {exc}"))
         try:
@@ -124,19 +126,20 @@ def _record_outcome(outcome: _Outcome, cache: AnnotationCache, report: Annotatio
 
 
 def _pending(records: Iterable[MultiHopRecord], backend: Backend, cache: AnnotationCache,
-             report: AnnotationReport, prompt_style: str) -> list[Pending]:
+             report: AnnotationReport, prompt_style: str, structured: bool) -> list[Pending]:
     """Records still to annotate; cached ones and repeated keys are counted, not sent."""
     todo: list[Pending] = []
     seen: set[CacheKey] = set()
     for record in records:
         report.total += 1
-        key = cache_key(record, backend, prompt_style)
+        key = cache_key(record, backend, prompt_style, structured)
         if key in seen:
             report.duplicates += 1
         elif key in cache:
             report.cached += 1
         else:
-            todo.append(Pending(record, key, build_prompt(record, prompt_style)))
+            todo.append(Pending(record, key, build_prompt(record, prompt_style),
+                                answer_regex(record, prompt_style) if structured else None))
         seen.add(key)
     return todo
 
@@ -186,6 +189,7 @@ def annotate(
     max_concurrency: int | None = None,
     runner: Runner | None = None,
     prompt_style: str = "fig13",
+    structured: bool = False,
 ) -> AnnotationReport:
     """Decompose every record not already final in ``cache``; return the counts.
 
@@ -193,7 +197,8 @@ def annotate(
     attribute, else 1). Each result is written to the cache as soon as it completes, from this thread,
     so killing the process loses at most the in-flight requests. ``on_progress`` is called with the
     report after every settled record. ``runner`` decides where requests run (default: threads);
-    ``prompt_style`` picks the prompt (:func:`build_prompt`: the paper's Fig. 13 by default).
+    ``prompt_style`` picks the prompt (:func:`build_prompt`: the paper's Fig. 13 by default); ``structured``
+    asks the server to constrain each answer to the format (:func:`answer_regex`).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -201,7 +206,7 @@ def annotate(
     if concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {concurrency}")
     report = AnnotationReport()
-    todo = _pending(records, backend, cache, report, prompt_style)
+    todo = _pending(records, backend, cache, report, prompt_style, structured)
     logger.info("annotation with %s/%s: %d records, %d cached, %d duplicates, %d to send (concurrency %d)",
                 backend.name, backend.model, report.total, report.cached, report.duplicates, len(todo), concurrency)
     if on_progress is not None:

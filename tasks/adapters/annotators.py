@@ -38,12 +38,14 @@ REDACTED = "***"
 class Backend(Protocol):
     """Something that completes a prompt. ``name`` and ``model`` enter the cache key (see
     :func:`cache_key`), so answers from different models are never mixed. It may set
-    ``max_concurrency`` (default 1): how many prompts :func:`tasks.adapters.annotation_runner.annotate` may have in flight at once."""
+    ``max_concurrency`` (default 1): how many prompts :func:`tasks.adapters.annotation_runner.annotate` may have in flight at once.
+    ``regex``, when given, constrains the answer to match it (`annotate.structured_output`); a backend that
+    cannot constrain raises `BackendError` rather than answer unconstrained."""
 
     name: str
     model: str
 
-    def complete(self, prompt: str) -> str: ...
+    def complete(self, prompt: str, regex: str | None = None) -> str: ...
 
 
 class BackendError(RuntimeError):
@@ -212,14 +214,19 @@ class OpenAIChatBackend:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff_s)
 
-    def complete(self, prompt: str) -> str:
-        """The model's reply to ``prompt`` (greedy when ``temperature`` is 0)."""
-        body = json.dumps({
+    def complete(self, prompt: str, regex: str | None = None) -> str:
+        """The model's reply to ``prompt`` (greedy when ``temperature`` is 0); with ``regex``, decoding is
+        constrained to it by the server's structured outputs (vLLM's `structured_outputs.regex`; a server
+        without them ignores the field, and the parser still checks the answer)."""
+        request: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-        }).encode("utf-8")
+        }
+        if regex is not None:
+            request["structured_outputs"] = {"regex": regex}
+        body = json.dumps(request).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
                 return self.redact(self._content(self._post(body)))  # a completion may echo the key too
@@ -274,8 +281,11 @@ class LocalHFBackend:
             return self._tokenizer(text, return_tensors="pt", add_special_tokens=False)
         return self._tokenizer(prompt, return_tensors="pt")
 
-    def complete(self, prompt: str) -> str:
+    def complete(self, prompt: str, regex: str | None = None) -> str:
         """The greedy continuation of ``prompt``, new tokens only, special tokens dropped."""
+        if regex is not None:
+            raise BackendError(f"{self.model}: the local HF backend cannot constrain decoding "
+                               "(annotate.structured_output needs an OpenAI-compatible server such as vLLM)")
         encoded = {k: v.to(self.device) for k, v in self._encode(prompt).items()}
         pad = self._tokenizer.pad_token_id
         pad = pad if pad is not None else self._tokenizer.eos_token_id

@@ -454,3 +454,30 @@ def test_decomposition_module_imports_only_the_standard_library():
 
     names = imported_top_levels(Path(__file__).resolve().parents[2] / "onegen_core" / "prepare" / "decomposition.py")
     assert {n for n in names if n not in sys.stdlib_module_names} == {"onegen_core"}
+
+
+class RegexRecorder:
+    """A backend that records the regex it was asked to keep to, and answers in the format."""
+
+    name, model, max_concurrency = "fake", "m", 1
+
+    def __init__(self) -> None:
+        self.regexes: list[str | None] = []
+
+    def complete(self, prompt: str, regex: str | None = None) -> str:
+        self.regexes.append(regex)
+        return GOOD
+
+
+def test_structured_output_sends_each_records_answer_regex_and_caches_apart(tmp_path):
+    from onegen_core.prepare.decomposition import answer_regex
+
+    record = make_record()
+    backend = RegexRecorder()
+    with AnnotationCache(tmp_path / "c.jsonl") as cache:
+        report = annotate([record], backend, cache, max_attempts=1, structured=True)
+        assert report.accepted == 1 and backend.regexes == [answer_regex(record)]
+        assert cache_key(record, backend, "fig13", True) in cache
+        assert cache_key(record, backend, "fig13", False) not in cache  # a constrained answer is another answer
+        annotate([record], backend, cache, max_attempts=1)  # unconstrained: asked again, without a regex
+    assert backend.regexes == [answer_regex(record), None]

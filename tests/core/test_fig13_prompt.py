@@ -127,3 +127,31 @@ def test_bad_references_are_rejected_with_their_reason(reference, reason, detail
     with pytest.raises(AnnotationRejected) as caught:
         parse_decomposition(answer_with(reference), example_record())
     assert caught.value.reason == reason and detail in caught.value.detail
+
+
+def example_output_as_laid_out() -> str:
+    """The figure's example output, as the prompt lays it out (one line a content), closing tag canonical."""
+    from onegen_core.prepare.decomposition import FIG13_PROMPT
+
+    start = FIG13_PROMPT.index("<SUB-QUESTION-1>")
+    end = FIG13_PROMPT.index("</FINAL-ANSWER >") + len("</FINAL-ANSWER >")
+    return FIG13_PROMPT[start:end].replace("</FINAL-ANSWER >", "</FINAL-ANSWER>")
+
+
+def test_the_answer_regex_takes_the_figures_example_and_what_the_parser_needs():
+    from onegen_core.prepare.decomposition import answer_regex
+
+    record = example_record()
+    pattern = re.compile(answer_regex(record))
+    good = example_output_as_laid_out()
+    assert pattern.fullmatch(good)
+    assert parse_decomposition(good, record).steps[0].doc_title == VIEWPOINT  # what it lets through parses
+    one_step = good[:good.index("<SUB-QUESTION-2>")] + good[good.index("<FINAL-ANSWER>"):]
+    assert pattern.fullmatch(one_step)  # 1..n steps for n related documents
+    assert not pattern.fullmatch(good.replace("RELATED-DOC-1", "RELATED-DOC-3"))  # only the record's documents
+    assert not pattern.fullmatch(good.replace("-2>", "-3>"))  # steps numbered in order
+    third = good[good.index("<SUB-QUESTION-2>"):good.index("<FINAL-ANSWER>")].replace("-2>", "-3>")
+    assert not pattern.fullmatch(good.replace("<FINAL-ANSWER>", third + "<FINAL-ANSWER>", 1))  # at most n steps
+    assert not pattern.fullmatch(good.replace("Pick Me Up published", "Pick Me <b>Up</b> published"))
+    assert re.compile(answer_regex(record, "numbered")).fullmatch(good.replace("RELATED-DOC-", "[").replace(
+        "\n</CORRESPONDING", "]\n</CORRESPONDING"))
