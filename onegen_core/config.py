@@ -80,6 +80,22 @@ class _Section:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        check_output_dirs(self)
+
+
+# Fields that name a folder a stage writes into: empty, `.` or `/` would write into the project root (or
+# the filesystem's), mixing outputs with code.
+_OUTPUT_DIR_FIELDS = ("out_dir", "output_dir")
+
+
+def check_output_dirs(section: Any) -> None:
+    """`ConfigError` for an output folder that is empty, the current directory or a filesystem root."""
+    for name in _OUTPUT_DIR_FIELDS:
+        value = getattr(section, name, None)
+        if isinstance(value, str) and value.strip().rstrip("/") in ("", "."):
+            where = type(section).__name__.removesuffix("Config").lower()
+            raise ConfigError(f"{where}.{name} is {value!r}: an output folder must name a folder of its own, "
+                              "not the current directory or a filesystem root")
 
 
 _YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\Z")
@@ -100,6 +116,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must be KEY=VALUE")
         k, v = item.split("=", 1)
+        if k.strip() in out:  # as in YAML, a key is given once: which one should win is not ours to guess
+            raise ConfigError(f"override {k.strip()!r} is given twice ({out[k.strip()]!r}, then {v!r}); give it once")
         out[k.strip()] = yaml11_float(yaml.safe_load(v)) if v.strip() else ""
     return out
 

@@ -33,12 +33,24 @@ from tasks.stage_common import stage_params, write_json
 log = logging.getLogger("onegen.train")
 
 
+def check_training_file(path: str) -> None:
+    """Before Ray starts: the training file exists and holds an example (an empty one used to fail 90 s
+    later inside a worker)."""
+    f = Path(path)
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: training file missing (train_data.train_file; run `dvc repro label`)")
+    with f.open("rb") as fh:
+        if not any(line.strip() for line in fh):
+            raise ValueError(f"{path}: the training file holds no example (train_data.train_file); nothing to train")
+
+
 def run(p: Params) -> dict[str, Any]:
     t_start = time.perf_counter()
     # checked first: nothing runs before the trust boundary says yes
     resume_dir = chosen_resume_dir(p)
     # before anything is built: a setting the DeepSpeed config cannot run fails first
     check_compile_support(load_ds_config(p.distributed.deepspeed_config), p)
+    check_training_file(p.train_data.train_file)  # before Ray: an empty file used to fail 90 s in, in a worker
     run_name = ray_run_name(run_fingerprint(p), p.distributed.resume_from, resume_dir)
     storage, run_dir = run_dirs(p.distributed.storage_path, run_name)
     run_dir.mkdir(parents=True, exist_ok=True)

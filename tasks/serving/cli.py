@@ -11,6 +11,17 @@ import argparse
 COMMANDS = ("ask", "link", "index", "api")
 
 
+def positive_int(text: str) -> int:
+    """An option that counts something per pass: 1 or more (0 or -1 would silently mean something else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_model_options(ap: argparse.ArgumentParser) -> None:
     """Where the checkpoint and its index come from (the same settings as the stages)."""
     ap.add_argument("--project-dir", default=".", help="the project whose params.yaml is read (default: here)")
@@ -36,7 +47,7 @@ def add_ask(sub) -> None:
     ak.add_argument("--top-k", type=int, default=None, help="hits shown per retrieval (default: params serve.top_k)")
     ak.add_argument("--temperature", type=float, default=None, help="0 = greedy (default); > 0 samples")
     ak.add_argument("--seed", type=int, default=None, help="sampling seed")
-    ak.add_argument("--batch-size", type=int, default=None, help="--json: questions per batch (default: serve.max_batch_size)")
+    ak.add_argument("--batch-size", type=positive_int, default=None, help="--json: questions per batch (default: serve.max_batch_size)")
     add_model_options(ak)
 
 
@@ -70,7 +81,7 @@ def add_index(sub) -> None:
                      help="one [RD] per sentence or per passage (default: params encode.granularity; document for the entity table)")
     add.add_argument("--update", action="store_true", help="replace stored documents whose id is given with new content")
     add.add_argument("--ann-min-rows", type=int, default=None, help="build the ANN index at this many rows (default: params encode.ann_min_rows)")
-    add.add_argument("--batch-size", type=int, default=None, help="documents per forward pass (default: params encode.batch_size)")
+    add.add_argument("--batch-size", type=positive_int, default=None, help="documents per forward pass (default: params encode.batch_size)")
     add.add_argument("--json", action="store_true", help="the counts as one JSON object")
     add_model_options(add)
     info = ixs.add_parser("info", help="rows, checkpoint and index type of each table",

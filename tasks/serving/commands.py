@@ -223,7 +223,12 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     checkpoint, uri = _locations(args, root, p)
     table = args.table or p.encode.table
     granularity = args.granularity or ("document" if table == p.encode.kb_table else p.encode.granularity)
-    docs = read_documents(args.path, granularity)
+    if table == p.encode.kb_table and granularity != "document":
+        # an entity is one [RD]: per-sentence rows would give ids like `Q1#0` that no label names
+        raise SystemExit(f"error: the entity table {table!r} takes whole documents, one [RD] an entity; "
+                         f"--granularity {granularity} is refused")
+    refused: list[str] = []
+    docs = read_documents(args.path, granularity, refused)
     lm, tok, ck = load_model(checkpoint, resolve_inference_dtype(p.backbone.inference_dtype))
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tok, max_length=p.encode.max_doc_length, max_doc_length=p.encode.max_doc_length)
@@ -231,6 +236,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
                            p.encode.ann_min_rows if args.ann_min_rows is None else args.ann_min_rows, args.update,
                            AnnSettings.from_config(p.encode))
     report["granularity"] = granularity
+    report["links_refused"] = refused
     if args.json:
         _json_line(report, out)
         return
@@ -239,6 +245,9 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
               f"{report['documents_unchanged']} already there; {report['documents_encoded_now']} encoded now; "
               f"{report['units_in_index']} units in the table"
               f"{'; ANN index built' if report['ann_index'] else ''} ({report['seconds']} s)\n")
+    if refused:
+        out.write(f"refused {len(refused)} link(s) leading out of {args.path} (not read): "
+                  f"{', '.join(refused[:5])}{' …' if len(refused) > 5 else ''}\n")
     if report["units_truncated"]:
         out.write(f"warning: {report['units_truncated']} units lost their [RD] to truncation at "
                   f"{p.encode.max_doc_length} tokens (raise encode.max_doc_length or split the documents)\n")

@@ -127,14 +127,30 @@ def _passages(text: str) -> tuple[str | None, list[str]]:
     return heading, out
 
 
-def read_folder(root: Path, granularity: str) -> list[Document]:
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, is still under `root` (resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def read_folder(root: Path, granularity: str, refused: list[str] | None = None) -> list[Document]:
     """Every `.txt`/`.md` file under `root` (hidden ones skipped), in path order. A file's passages become
-    documents `<relative path>:<n>` (n from 0) titled by its first `# ` heading, else its file name."""
+    documents `<relative path>:<n>` (n from 0) titled by its first `# ` heading, else its file name. A
+    symbolic link whose target lies outside `root` is not read (a served index would hand its text to
+    anyone who asks): its relative path goes to `refused`, which the caller reports."""
     docs: list[Document] = []
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    candidates = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = [p for p in candidates if _inside(p, root)]
+    if refused is not None:
+        refused += [p.relative_to(root).as_posix() for p in candidates if not _inside(p, root)]
     if not files:
-        raise CorpusError(f"{root}: no .txt or .md files")
+        outside = len(candidates) - len(files)
+        raise CorpusError(f"{root}: no .txt or .md files" + (f" ({outside} link(s) leading out of it refused)"
+                                                             if outside else ""))
     for f in files:
         rel = f.relative_to(root).as_posix()
         try:
@@ -151,13 +167,14 @@ def read_folder(root: Path, granularity: str) -> list[Document]:
     return docs
 
 
-def read_documents(path: str | Path, granularity: str) -> list[Document]:
-    """The documents of a JSONL file or a folder (see the module docstring)."""
+def read_documents(path: str | Path, granularity: str, refused: list[str] | None = None) -> list[Document]:
+    """The documents of a JSONL file or a folder (see the module docstring); a folder's links that lead
+    out of it are not read, and listed in `refused`."""
     if granularity not in ("sentence", "document"):
         raise CorpusError(f"granularity must be 'sentence' or 'document', got {granularity!r}")
     p = Path(path)
     if p.is_dir():
-        return read_folder(p, granularity)
+        return read_folder(p, granularity, refused)
     if not p.is_file():
         raise CorpusError(f"{p}: no such file or folder")
     if p.suffix.lower() not in (".jsonl", ".json"):

@@ -208,3 +208,36 @@ def test_a_missing_checkpoint_or_index_is_one_clear_line(capsys, paths, tmp_path
     assert "no such directory" in fails(capsys, "ask", ARTHUR, *cli_options(paths, checkpoint=str(tmp_path / "no")))
     assert "no table 'units'" in fails(capsys, "ask", ARTHUR, *cli_options(paths, index=str(tmp_path / "noindex")))
     assert "give a QUESTION or --file" in fails(capsys, "ask", *cli_options(paths))
+
+
+def test_index_add_refuses_links_out_of_the_folder_and_says_so(capsys, paths, tmp_path):
+    """A folder's symlink to a file outside it (`notes/pw.txt -> /etc/passwd`) is not read, not served, and
+    reported; a link that stays inside the folder is read as usual."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret line\n")
+    (folder / "a.txt").write_text("Honolulu is in Hawaii.\n")
+    (folder / "pw.txt").symlink_to(secret)
+    (folder / "again.txt").symlink_to(folder / "a.txt")  # inside: fine
+    idx = str(tmp_path / "idx")
+    rep = json.loads(onegen(capsys, "index", "add", str(folder), "--json", *cli_options(paths, index=idx)))
+    assert rep["links_refused"] == ["pw.txt"] and rep["documents"] == 2
+    from tasks.adapters.lance_index import LanceIndex
+
+    assert not any("secret" in r.text for r in LanceIndex(idx, "units").records())
+    out = onegen(capsys, "index", "add", str(folder), *cli_options(paths, index=str(tmp_path / "idx2")))
+    assert "refused 1 link(s) leading out of" in out and "pw.txt" in out
+    only_link = tmp_path / "only"
+    only_link.mkdir()
+    (only_link / "pw.txt").symlink_to(secret)
+    err = fails(capsys, "index", "add", str(only_link), *cli_options(paths, index=str(tmp_path / "idx3")))
+    assert "no .txt or .md files (1 link(s) leading out of it refused)" in err
+
+
+def test_index_add_refuses_sentences_into_the_entity_table(capsys, paths, tmp_path):
+    docs = _jsonl(tmp_path / "e.jsonl", [{"id": "Q1", "title": "One", "text": "First. Second."}])
+    err = fails(capsys, "index", "add", docs, "--table", "entities", "--granularity", "sentence",
+                *cli_options(paths, index=str(tmp_path / "idx")))
+    assert "takes whole documents, one [RD] an entity; --granularity sentence is refused" in err
+    assert not (tmp_path / "idx").exists()  # refused before anything was created

@@ -31,7 +31,9 @@ def test_the_four_commands_with_their_defaults():
     assert (args.host, args.port, args.project_dir) == (None, 8080, ".")
 
 
-@pytest.mark.parametrize("argv", [["index"], ["index", "add", "p", "--granularity", "word"], ["api", "--port", "x"]])
+@pytest.mark.parametrize("argv", [["index"], ["index", "add", "p", "--granularity", "word"], ["api", "--port", "x"],
+                                  ["ask", "q", "--json", "--batch-size", "-1"], ["ask", "q", "--batch-size", "0"],
+                                  ["index", "add", "p", "--batch-size", "0"], ["ask", "q", "--batch-size", "two"]])
 def test_bad_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parser().parse_args(argv)
@@ -43,3 +45,9 @@ def test_onegen_registers_them_after_its_own_commands():
 
     sub = _parser()._subparsers._group_actions[0]
     assert list(sub.choices) == ["repro", "sweep", "serve", "ui", "ask", "link", "index", "api"]
+
+
+def test_a_batch_size_below_one_is_refused_with_its_reason(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["ask", "q", "--json", "--batch-size", "-1"])
+    assert "argument --batch-size: must be at least 1, got -1" in capsys.readouterr().err

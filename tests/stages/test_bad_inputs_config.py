@@ -141,3 +141,35 @@ def test_yaml_errors_name_file_and_line(tmp_path, text, where):
     with pytest.raises(ConfigError, match=rf"params\.yaml: invalid YAML: {where}: ") as e:
         load_params(f)
     assert e.value.__cause__ is None  # no YAML traceback: the message is the whole story
+
+
+@pytest.mark.parametrize("override", ["prepare.out_dir=", "label.out_dir=.", "train.output_dir=/", "evaluate.out_dir=./"])
+def test_an_output_folder_that_is_the_project_root_is_refused(override):
+    """An empty `-S prepare.out_dir=` used to write the stage's outputs into the project root, exit 0."""
+    from onegen_core.config import ConfigError, load_params, parse_overrides
+
+    with pytest.raises(ConfigError, match="an output folder must name a folder of its own"):
+        load_params(ROOT / "params.yaml", parse_overrides([override]))
+
+
+def test_the_same_override_twice_is_an_error_as_in_yaml():
+    from onegen_core.config import ConfigError, parse_overrides
+
+    with pytest.raises(ConfigError, match=r"override 'train.lr' is given twice \(0.001, then '2e-3'\)"):
+        parse_overrides(["train.lr=1e-3", "train.lr=2e-3"])
+    assert parse_overrides(["train.lr=1e-3", "train.epochs=2"]) == {"train.lr": 0.001, "train.epochs": 2}
+
+
+def test_train_refuses_an_empty_training_file_before_starting_anything(tmp_path):
+    from onegen_core.config import load_params
+    from tasks.train import run
+
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n  \n")
+    p = load_params(ROOT / "params.yaml", {"train_data.train_file": str(empty),
+                                           "distributed.storage_path": str(tmp_path / "ray")})
+    with pytest.raises(ValueError, match="train.jsonl: the training file holds no example"):
+        run(p)
+    assert not (tmp_path / "ray").exists()  # no run folder, no Ray
+    with pytest.raises(FileNotFoundError, match="training file missing"):
+        run(load_params(ROOT / "params.yaml", {"train_data.train_file": str(tmp_path / "none.jsonl")}))
