@@ -188,7 +188,48 @@ class Guard:
                                        f"(serve.max_text_chars bounds the text)")
             await resp(scope, receive, send)
             return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            # a chunked body declares no length: the limit is enforced while reading, before anything parses it
+            body = await self._bounded_body(receive)
+            if body is None:  # the client went away mid-body
+                return
+            if isinstance(body, int):
+                resp = error_response(413, f"request body larger than {self.max_body_bytes} bytes (stopped reading "
+                                           f"at {body}; serve.max_text_chars bounds the text)")
+                await resp(scope, receive, send)
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    async def _bounded_body(self, receive) -> bytes | int | None:
+        """The whole body, or the byte count at which it passed the limit, or None on a disconnect."""
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                return total
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that hands the app the body already read, then the connection's own events (a
+    disconnect, which streaming answers watch for)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 # ------------------------------------------------------------------------------------------ the app
