@@ -69,11 +69,24 @@ def _json_line(obj: Any, out: TextIO) -> None:
 
 # ------------------------------------------------------------------------------------------ ask
 
+def _read_text(path: str, command: str) -> str:
+    """A --file's text ('-' = stdin); bytes that are not UTF-8 are a one-line error naming file and line."""
+    if path == "-":
+        return sys.stdin.read()
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SystemExit(f"onegen {command}: {path}: line {line}: not UTF-8 text (byte {e.start}: "
+                         f"{raw[e.start:e.start + 1]!r}); give a UTF-8 text file") from None
+
+
 def _questions(args: argparse.Namespace) -> list[str]:
     if args.file:
         if args.file != "-" and not Path(args.file).is_file():
             raise SystemExit(f"onegen ask: {args.file}: no such file")
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        text = _read_text(args.file, "ask")
         qs = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if not qs:
             raise SystemExit(f"onegen ask: {args.file} holds no question (one per line)")
@@ -149,7 +162,7 @@ def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     path = Path(args.file)
     if args.file != "-" and not path.is_file():
         raise SystemExit(f"onegen link: {path}: no such file")
-    raw = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+    raw = _read_text(args.file, "link")
     if path.suffix.lower() != ".jsonl":
         return [(0, "", raw)]
     out = []

@@ -52,6 +52,11 @@ def check_plain_text(value: str, where: str) -> None:
     for t in SPECIAL_TOKENS:
         if t in value:
             raise CorpusError(f"{where}: contains the special token {t!r}; remove or reword it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" decodes to half a character
+        raise CorpusError(f"{where}: a lone surrogate ({value[e.start]!r} at character {e.start}) is no text; "
+                          "fix the escape") from None
 
 
 def _units(text: str, granularity: str) -> tuple[str, ...]:

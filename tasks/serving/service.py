@@ -194,14 +194,22 @@ def load_model(checkpoint: str, dtype: str):
     if not Path(checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such directory (train one with `make run`, or pass "
                                 f"--checkpoint)")
+    if not (Path(checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint}: no config.json, so not a saved checkpoint (an empty or "
+                                f"unfinished folder?); train one with `make run`, or pass --checkpoint")
     lm, tok, _ = load_pretrained(checkpoint, BackboneConfig(name=checkpoint, dtype=dtype))
     return lm.eval(), tok, checkpoint_id(checkpoint)
 
 
 def open_index(uri: str, table: str, checkpoint: str, ck: str):
     """The LanceDB table, refused with both ids named when another checkpoint encoded it."""
+    from pathlib import Path
+
     from tasks.adapters.lance_index import LanceIndex, table_names
 
+    if "://" not in uri and not Path(uri).is_dir():  # connecting would create the folder: nothing is made here
+        raise FileNotFoundError(f"index {uri}: no such directory (encode one with `dvc repro encode` or "
+                                f"`onegen index add PATH --index {uri}`)")
     if table not in table_names(uri):
         raise FileNotFoundError(f"index {uri}: no table {table!r} (encode one with `dvc repro encode` or "
                                 f"`onegen index add PATH --table {table}`)")

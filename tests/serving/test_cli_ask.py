@@ -206,8 +206,24 @@ def test_an_index_of_another_checkpoint_is_refused_naming_both(capsys, paths, ot
 
 def test_a_missing_checkpoint_or_index_is_one_clear_line(capsys, paths, tmp_path):
     assert "no such directory" in fails(capsys, "ask", ARTHUR, *cli_options(paths, checkpoint=str(tmp_path / "no")))
-    assert "no table 'units'" in fails(capsys, "ask", ARTHUR, *cli_options(paths, index=str(tmp_path / "noindex")))
+    empty = tmp_path / "empty_checkpoint"
+    empty.mkdir()
+    assert "no config.json, so not a saved checkpoint" in fails(capsys, "ask", ARTHUR,
+                                                                 *cli_options(paths, checkpoint=str(empty)))
+    err = fails(capsys, "ask", ARTHUR, *cli_options(paths, index=str(tmp_path / "noindex")))
+    assert "index " in err and "noindex: no such directory" in err
+    assert not (tmp_path / "noindex").exists()  # asking creates nothing
+    (tmp_path / "emptyindex").mkdir()
+    assert "no table 'units'" in fails(capsys, "ask", ARTHUR, *cli_options(paths, index=str(tmp_path / "emptyindex")))
     assert "give a QUESTION or --file" in fails(capsys, "ask", *cli_options(paths))
+
+
+def test_a_binary_file_is_one_line_naming_file_and_line(capsys, paths, tmp_path):
+    binary = tmp_path / "q.txt"
+    binary.write_bytes(b"Who founded Alpha?\n\xff\xfe\x00 binary\n")
+    err = fails(capsys, "ask", "--file", str(binary), *cli_options(paths))
+    assert err == f"onegen ask: {binary}: line 2: not UTF-8 text (byte 19: b'\\xff'); give a UTF-8 text file"
+    assert "line 2: not UTF-8 text" in fails(capsys, "link", "--file", str(binary), *cli_options(paths))
 
 
 def test_index_add_refuses_links_out_of_the_folder_and_says_so(capsys, paths, tmp_path):
@@ -241,3 +257,10 @@ def test_index_add_refuses_sentences_into_the_entity_table(capsys, paths, tmp_pa
                 *cli_options(paths, index=str(tmp_path / "idx")))
     assert "takes whole documents, one [RD] an entity; --granularity sentence is refused" in err
     assert not (tmp_path / "idx").exists()  # refused before anything was created
+
+
+def test_a_lone_surrogate_in_index_add_names_file_line_and_field(capsys, paths, tmp_path):
+    docs = tmp_path / "d.jsonl"
+    docs.write_text('{"id": "a", "title": "A", "text": "fine"}\n{"id": "b", "title": "B", "text": "half \\ud800 a"}\n')
+    err = fails(capsys, "index", "add", str(docs), *cli_options(paths, index=str(tmp_path / "idx")))
+    assert f"{docs}:2: field 'text': a lone surrogate" in err
