@@ -24,6 +24,7 @@ from onegen_core.method.segments import Document
 from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
 from tasks.adapters.index_encoding import encode_table
 from tasks.adapters.lance_index import AnnSettings
+from tasks.adapters.table_lock import writer_lock
 from tasks.stage_common import stage_params
 
 log = logging.getLogger("onegen.encode")
@@ -71,9 +72,11 @@ def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | Non
     if cfg.kb:
         tables.append((cfg.kb_table, documents_from_kb(kb_entities(cfg)), "encode entities"))
     if ray_data is None:
-        done = [encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows, desc,
-                             AnnSettings.from_config(cfg))
-                for table, docs, desc in tables]
+        done = []
+        for table, docs, desc in tables:
+            with writer_lock(cfg.uri, table):  # `onegen index add` on the same table waits, and vice versa
+                done.append(encode_table(model, collator, docs, cfg.uri, table, ck, cfg.batch_size, cfg.ann_min_rows,
+                                         desc, AnnSettings.from_config(cfg)))
     else:
         from tasks.adapters.ray_encoding import encode_on_ray
 

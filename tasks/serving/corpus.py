@@ -231,9 +231,18 @@ def add_documents(model, collator, docs: list[Document], uri: str, table: str, c
                   batch_size: int, ann_min_rows: int, update: bool = False, ann: AnnSettings | None = None) -> dict:
     """Encode `docs` into `uri`/`table` with the checkpoint whose id is `ck` (its path `checkpoint` only
     names it in errors). Returns the counts `onegen index add` prints."""
-    from tasks.adapters.index_encoding import encode_table
+    from tasks.adapters.table_lock import writer_lock
 
     t0 = time.perf_counter()
+    with writer_lock(uri, table):  # plan and append as one writer: two at once would both append
+        return _add_locked(model, collator, docs, uri, table, checkpoint, ck, batch_size, ann_min_rows, update, ann,
+                           t0)
+
+
+def _add_locked(model, collator, docs: list[Document], uri: str, table: str, checkpoint: str, ck: str,
+                batch_size: int, ann_min_rows: int, update: bool, ann: AnnSettings | None, t0: float) -> dict:
+    from tasks.adapters.index_encoding import encode_table
+
     existing = open_existing(uri, table)
     if existing is not None and existing.checkpoint_id != ck:
         raise IndexMismatchError(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.serving.conftest import ARTHUR, DERRICKSON, OBAMA, cli_options, one_thread, tiny_project
 
 
@@ -264,3 +265,35 @@ def test_a_lone_surrogate_in_index_add_names_file_line_and_field(capsys, paths, 
     docs.write_text('{"id": "a", "title": "A", "text": "fine"}\n{"id": "b", "title": "B", "text": "half \\ud800 a"}\n')
     err = fails(capsys, "index", "add", str(docs), *cli_options(paths, index=str(tmp_path / "idx")))
     assert f"{docs}:2: field 'text': a lone surrogate" in err
+
+
+def test_two_writers_on_one_table_end_with_each_document_once(paths, tmp_path):
+    """Two `onegen index add` processes on one table used to both exit 0 and leave every unit twice. The
+    test holds the table's writer lock while both start, so both must wait; released, they run one after
+    the other, and the second finds the first one's documents already there."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tasks.adapters.lance_index import LanceIndex
+    from tasks.adapters.table_lock import writer_lock
+
+    docs = _jsonl(tmp_path / "d.jsonl", [{"id": f"d{i}", "title": "T", "text": f"Note {i}. More {i}."}
+                                         for i in range(12)])
+    idx = str(tmp_path / "idx")
+    cmd = [sys.executable, "-m", "flows.cli", "index", "add", docs, "--json", *cli_options(paths, index=idx)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with writer_lock(idx, "units"):
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        lock_file = tmp_path / "idx" / ".units.writer.lock"
+        time.sleep(10)  # both load the model and reach the lock (the lock serialises them either way)
+        assert all(p.poll() is None for p in procs), "a writer finished while the lock was held"
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = sorted((json.loads(o.strip().splitlines()[-1]) for o, _ in outs), key=lambda r: r["documents_new"])
+    assert [(r["documents_new"], r["documents_unchanged"]) for r in reports] == [(0, 12), (12, 0)]
+    ids = [r.id for r in LanceIndex(idx, "units").records()]
+    assert len(ids) == len(set(ids)) == 24  # 12 documents, 2 sentences each, once
+    assert lock_file.is_file()
