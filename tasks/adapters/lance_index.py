@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
@@ -192,6 +193,34 @@ class LanceIndex:
                 out.setdefault(r["doc_id"], []).append(
                     UnitRecord(r["id"], r["doc_id"], r["title"], r["text"], r["doc_text"]))
         return out
+
+    def duplicate_ids(self) -> dict[str, int]:
+        """Unit ids stored more than once, with their counts: a table two writers appended to at once
+        (`onegen index check`). Every search of such a table is refused (`ExactIndex`)."""
+        if not len(self):
+            return {}
+        ids = self.table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist()
+        return {k: v for k, v in sorted(Counter(ids).items()) if v > 1}
+
+    def drop_duplicates(self) -> int:
+        """Keep one row of every duplicated unit id (the first stored; a duplicate is the same document
+        encoded twice by the same checkpoint), delete the rest; returns the rows removed. The caller holds
+        the table's writer lock (`onegen index repair`)."""
+        dup = sorted(self.duplicate_ids())
+        removed = 0
+        for i in range(0, len(dup), _CHUNK):
+            where = f"id IN ({', '.join(_quote(d) for d in dup[i:i + _CHUNK])})"
+            rows = self.table.search().where(where).limit(None).to_arrow().to_pylist()
+            first: dict[str, dict] = {}
+            for r in rows:
+                first.setdefault(r["id"], r)
+            self.table.delete(where)
+            kept = list(first.values())
+            self.add([UnitRecord(r["id"], r["doc_id"], r["title"], r["text"], r["doc_text"]) for r in kept],
+                     np.array([r["vector"] for r in kept], np.float32))  # (n_kept, dim)
+            removed += len(rows) - len(kept)
+        self._exact = None
+        return removed
 
     def delete_documents(self, doc_ids: Collection[str]) -> None:
         """Remove every unit of these documents (`onegen index add --update` re-encodes them)."""

@@ -90,6 +90,12 @@ def add_index(sub) -> None:
     info.add_argument("--table", default=None, help="only this table (default: every table)")
     info.add_argument("--json", action="store_true", help="one JSON object")
     add_model_options(info)
+    for name, what in (("check", "report unit ids stored more than once (exit 1 when a table is damaged)"),
+                       ("repair", "keep one row of every unit id stored more than once, under the writer lock")):
+        cmd = ixs.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+        cmd.add_argument("--table", default=None, help="only this table (default: every table)")
+        cmd.add_argument("--json", action="store_true", help="one JSON object")
+        add_model_options(cmd)
 
 
 def add_api(sub) -> None:

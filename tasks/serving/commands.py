@@ -11,6 +11,7 @@ with one line naming what is wrong, and exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -266,6 +267,46 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
                   f"{p.encode.max_doc_length} tokens (raise encode.max_doc_length or split the documents)\n")
 
 
+def index_check(args: argparse.Namespace, repair: bool = False, out: TextIO | None = None) -> None:
+    """`onegen index check|repair`: each table's unit ids stored more than once; `repair` keeps one row of
+    each, holding the writer lock. `check` exits 1 on a damaged table, so scripts can stop on it."""
+    out = out or sys.stdout
+    from tasks.adapters.lance_index import LanceIndex, table_names
+    from tasks.adapters.table_lock import writer_lock
+
+    root, p = _params(args)
+    _, uri = _locations(args, root, p)
+    command = f"onegen index {'repair' if repair else 'check'}"
+    if "://" not in uri and not Path(uri).is_dir():
+        raise SystemExit(f"{command}: {uri}: no index (run `dvc repro encode` or `onegen index add`)")
+    names = [args.table] if args.table else table_names(uri)
+    tables = []
+    for name in names:
+        with writer_lock(uri, name) if repair else contextlib.nullcontext():
+            try:
+                index = LanceIndex(uri, name)
+            except (ValueError, RuntimeError) as e:
+                raise SystemExit(f"{command}: {uri}/{name}: {e}") from None
+            dup = index.duplicate_ids()
+            removed = index.drop_duplicates() if repair and dup else 0
+            tables.append({"table": name, "rows": len(index), "duplicate_ids": len(dup),
+                           "duplicate_rows": sum(dup.values()) - len(dup), "rows_removed": removed,
+                           "examples": list(dup)[:5]})
+    damaged = [t for t in tables if t["duplicate_ids"] and not t["rows_removed"]]
+    if args.json:
+        _json_line({"uri": uri, "tables": tables, "ok": not damaged}, out)
+    else:
+        for t in tables:
+            state = ("ok" if not t["duplicate_ids"] else
+                     f"repaired: removed {t['rows_removed']} duplicate rows of {t['duplicate_ids']} unit ids"
+                     if t["rows_removed"] else
+                     f"DAMAGED: {t['duplicate_ids']} unit ids stored more than once (e.g. {t['examples'][0]!r}); "
+                     "run `onegen index repair`")
+            out.write(f"{uri}/{t['table']}: {t['rows']} rows; {state}\n")
+    if damaged and not repair:
+        raise SystemExit(1)
+
+
 def index_info(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call: the stream may be replaced (tests, redirection)
     from onegen_core.method.backbone import checkpoint_id
@@ -337,6 +378,8 @@ def run(args: argparse.Namespace) -> None:
             link(args)
         elif args.command == "index" and args.index_command == "add":
             index_add(args)
+        elif args.command == "index" and args.index_command in ("check", "repair"):
+            index_check(args, repair=args.index_command == "repair")
         elif args.command == "index":
             index_info(args)
         elif args.command == "api":

@@ -297,3 +297,33 @@ def test_two_writers_on_one_table_end_with_each_document_once(paths, tmp_path):
     ids = [r.id for r in LanceIndex(idx, "units").records()]
     assert len(ids) == len(set(ids)) == 24  # 12 documents, 2 sentences each, once
     assert lock_file.is_file()
+
+
+def test_index_check_finds_a_table_written_twice_and_repair_mends_it(capsys, paths, tmp_path):
+    """A table whose units were appended twice (two writers before the lock) is refused by every search;
+    `index check` says so and exits 1, `index repair` keeps one row of each unit, and search works again."""
+    import numpy as np
+
+    from tasks.adapters.lance_index import LanceIndex
+
+    docs = _jsonl(tmp_path / "d.jsonl", [{"id": f"d{i}", "title": "T", "text": f"Note {i}. More {i}."}
+                                         for i in range(5)])
+    idx = str(tmp_path / "idx")
+    opts = cli_options(paths, index=idx)
+    onegen(capsys, "index", "add", docs, *opts)
+    table = LanceIndex(idx, "units")
+    rows = table.table.to_arrow().to_pylist()
+    table.add(table.records()[:4], np.array([r["vector"] for r in rows[:4]], np.float32))  # the second writer
+    assert len(LanceIndex(idx, "units")) == 14
+    with pytest.raises(ValueError, match="duplicate unit ids"):
+        LanceIndex(idx, "units").search(np.ones((1, table.dim), np.float32), 1)
+    with pytest.raises(SystemExit) as e:
+        onegen(capsys, "index", "check", *opts)
+    assert e.value.code == 1
+    assert "units: 14 rows; DAMAGED: 4 unit ids stored more than once" in capsys.readouterr().out
+    report = json.loads(onegen(capsys, "index", "repair", "--json", *opts))
+    assert report["tables"][0]["rows_removed"] == 4 and report["ok"]
+    assert "units: 10 rows; ok" in onegen(capsys, "index", "check", *opts)
+    mended = LanceIndex(idx, "units")
+    assert sorted(r.id for r in mended.records()) == sorted(r.id for r in table.records()[:10])
+    assert mended.search(np.ones((1, table.dim), np.float32), 1)[0]  # searchable again
