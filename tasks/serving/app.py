@@ -323,10 +323,12 @@ class Routes:
 
     async def health(self) -> JSONResponse:
         status = self.engine.status()
-        ok = status["alive"]
-        return JSONResponse({"status": "ok" if ok else "unavailable", "model": self.service.checkpoint_id,
+        problems = await run_in_threadpool(self.service.index_problems)  # a damaged table fails every ask
+        ok = status["alive"] and not problems
+        state = "ok" if ok else ("unavailable" if not status["alive"] else "index_damaged")
+        return JSONResponse({"status": state, "model": self.service.checkpoint_id,
                              "link": self.service.entities is not None, "auth": self.api_key is not None,
-                             "engine": status}, status_code=200 if ok else 503)
+                             "engine": status, "problems": problems}, status_code=200 if ok else 503)
 
     async def info(self) -> JSONResponse:
         data = await run_in_threadpool(self.service.info)

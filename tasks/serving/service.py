@@ -468,6 +468,24 @@ class ModelService:
 
     # ---------------------------------------------------------------- description
 
+    def index_problems(self) -> list[str]:
+        """What is wrong with the served tables, for `GET /v1/health`: unit ids stored more than once (a
+        table two writers appended to), which every search refuses. Checked once per table version."""
+        cache = self.__dict__.setdefault("_problems", {})
+        problems = []
+        for index in (self.units, self.entities):
+            if index is None:
+                continue
+            key = (index.table_name, index.table.version)
+            if key not in cache:
+                dup = index.duplicate_ids()
+                cache[key] = (f"{index.uri}/{index.table_name}: {len(dup)} unit ids stored more than once "
+                              f"(e.g. {next(iter(dup))!r}); every search fails until `onegen index repair`"
+                              if dup else None)
+            if cache[key]:
+                problems.append(cache[key])
+        return problems
+
     def info(self) -> dict:
         """What `GET /v1/info` and `onegen index info` report: checkpoint, tables, request defaults."""
         lm = getattr(self.model, "lm", self.model)

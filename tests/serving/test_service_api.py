@@ -618,3 +618,26 @@ def test_a_failing_request_does_not_take_the_server_down(paths, tmp_path):
         assert r.status_code == 200 and r.json()["answer"] == "Arthur's Magazine"
         state = engine_state(u)
         assert state["failed"] == 2 and state["completed"] == 1 and state["alive"]
+
+
+def test_health_reports_a_damaged_table(paths, tmp_path):
+    """Every search of a table with a unit id stored twice fails: health says so (503, the reason), where it
+    used to say ok while every ask answered 500."""
+    import shutil
+
+    import numpy as np
+
+    from tasks.adapters.lance_index import LanceIndex
+    from tasks.serving.service import ModelService
+
+    index = tmp_path / "index"
+    shutil.copytree(paths["index"], index)
+    units = LanceIndex(str(index), "units")
+    rows = units.table.to_arrow().to_pylist()[:3]
+    units.add(units.records()[:3], np.array([r["vector"] for r in rows], np.float32))  # a second writer's rows
+    params = tiny_params({**paths, "index": str(index)})
+    with server(ModelService(params)) as u:
+        r = httpx.get(f"{u}/v1/health", timeout=30)
+    assert r.status_code == 503 and r.json()["status"] == "index_damaged"
+    assert "units: 3 unit ids stored more than once" in r.json()["problems"][0]
+    assert "onegen index repair" in r.json()["problems"][0]
