@@ -323,12 +323,15 @@ class Routes:
 
     async def health(self) -> JSONResponse:
         status = self.engine.status()
-        problems = await run_in_threadpool(self.service.index_problems)  # a damaged table fails every ask
-        ok = status["alive"] and not problems
-        state = "ok" if ok else ("unavailable" if not status["alive"] else "index_damaged")
+        # a damaged passage table fails every ask (503); a damaged entity table only `link` (200, degraded)
+        problems = await run_in_threadpool(self.service.index_problems)
+        ok = status["alive"] and "units" not in problems
+        state = ("unavailable" if not status["alive"] else "index_damaged" if "units" in problems
+                 else "degraded" if problems else "ok")
         return JSONResponse({"status": state, "model": self.service.checkpoint_id,
                              "link": self.service.entities is not None, "auth": self.api_key is not None,
-                             "engine": status, "problems": problems}, status_code=200 if ok else 503)
+                             "engine": status, "problems": list(problems.values())},
+                            status_code=200 if ok else 503)
 
     async def info(self) -> JSONResponse:
         data = await run_in_threadpool(self.service.info)

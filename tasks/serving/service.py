@@ -468,22 +468,27 @@ class ModelService:
 
     # ---------------------------------------------------------------- description
 
-    def index_problems(self) -> list[str]:
-        """What is wrong with the served tables, for `GET /v1/health`: unit ids stored more than once (a
-        table two writers appended to), which every search refuses. Checked once per table version."""
+    def index_problems(self) -> dict[str, str]:
+        """What is wrong with the served tables, by role ("units", "entities"), for `GET /v1/health`: unit ids
+        stored more than once (a table two writers appended to), which every search refuses, or a table
+        that can no longer be read. Checked once per table version; never raises."""
         cache = self.__dict__.setdefault("_problems", {})
-        problems = []
-        for index in (self.units, self.entities):
+        problems = {}
+        for role, index in (("units", self.units), ("entities", self.entities)):
             if index is None:
                 continue
-            key = (index.table_name, index.table.version)
-            if key not in cache:
-                dup = index.duplicate_ids()
-                cache[key] = (f"{index.uri}/{index.table_name}: {len(dup)} unit ids stored more than once "
-                              f"(e.g. {next(iter(dup))!r}); every search fails until `onegen index repair`"
-                              if dup else None)
-            if cache[key]:
-                problems.append(cache[key])
+            try:
+                key = (index.table_name, index.table.version)
+                if key not in cache:
+                    dup = index.duplicate_ids()
+                    cache[key] = (f"{index.uri}/{index.table_name}: {len(dup)} unit ids stored more than once "
+                                  f"(e.g. {next(iter(dup))!r}); every search fails until `onegen index repair`"
+                                  if dup else None)
+                problem = cache[key]
+            except Exception as e:  # noqa: BLE001 (a vanished or corrupt table: reported, not raised)
+                problem = f"{index.uri}/{index.table_name}: unreadable ({type(e).__name__}: {e})"
+            if problem:
+                problems[role] = problem
         return problems
 
     def info(self) -> dict:

@@ -20,6 +20,9 @@ class FakeService:
     def info(self) -> dict:
         return {"checkpoint": self.checkpoint}
 
+    def index_problems(self) -> dict[str, str]:
+        return {}
+
 
 class FakeEngine:
     def __init__(self, alive: bool = True) -> None:
@@ -49,7 +52,7 @@ def test_health_says_ok_while_the_engine_runs_and_503_after():
     r = asyncio.run(routes(api_key="k").health())
     assert r.status_code == 200
     assert body(r) == {"status": "ok", "model": "ck-123", "link": False, "auth": True,
-                       "engine": {"alive": True, "queued": 0}}
+                       "engine": {"alive": True, "queued": 0}, "problems": []}
     r = asyncio.run(routes(engine=FakeEngine(alive=False)).health())
     assert r.status_code == 503 and body(r)["status"] == "unavailable" and body(r)["auth"] is False
 
