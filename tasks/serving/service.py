@@ -310,7 +310,23 @@ class ModelService:
         """A question as the engine takes it; `limit` -1 = `serve.max_text_chars`, None = no limit."""
         limit = self.params.serve.max_text_chars if limit == -1 else limit
         q = " ".join(self.check_text(question, param, limit).split())
-        return AskInput(q, options, self.seg.prompt(question_prompt(q)))
+        ids = self.seg.prompt(question_prompt(q))
+        self.check_context(len(ids), options.max_new_tokens, param)
+        return AskInput(q, options, ids)
+
+    def context_length(self) -> int | None:
+        """The positions the model was built for (`max_position_embeddings`), if its config says."""
+        lm = getattr(self.model, "lm", self.model)
+        n = getattr(getattr(lm, "config", None), "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int, param: str) -> None:
+        """Refuse a prompt that, with the tokens it may generate, does not fit the model's positions: past
+        them a model answers from positions it was never trained on (pasted passages need room too)."""
+        n = self.context_length()
+        if n is not None and prompt_tokens + max_new_tokens > n:
+            raise InvalidRequest(param, f"{param}: {prompt_tokens} prompt tokens + max_tokens {max_new_tokens} "
+                                        f"exceed the model's context of {n} positions; shorten it or lower max_tokens")
 
     def link_input(self, text: str, options: LinkOptions, param: str = "text", limit: int | None = -1) -> LinkInput:
         """A text cut into windows as the evaluation cuts articles (`evaluate.el_max_chars`)."""

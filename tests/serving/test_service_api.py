@@ -643,3 +643,13 @@ def test_health_reports_a_damaged_table(paths, tmp_path):
     assert r.status_code == 503 and r.json()["status"] == "index_damaged"
     assert "units: 3 unit ids stored more than once" in r.json()["problems"][0]
     assert "onegen index repair" in r.json()["problems"][0]
+
+
+def test_a_prompt_past_the_models_context_is_a_400_naming_the_limit(url, service):
+    question = " ".join(f"z{i}q" for i in range(650))  # under serve.max_text_chars, past 1,024 tokens
+    assert len(question) < service.params.serve.max_text_chars
+    r = httpx.post(f"{url}/v1/ask", json={"question": question}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "question"
+    assert "exceed the model's context of 1024 positions" in r.json()["error"]["message"]
+    ok = httpx.post(f"{url}/v1/ask", json={"question": ARTHUR}, timeout=60)
+    assert ok.status_code == 200
