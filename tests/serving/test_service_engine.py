@@ -157,7 +157,9 @@ def test_texts_with_special_tokens_or_over_the_limit_are_refused(service):
     for bad, why in (("What is [RQ]?", "special token"), ("  ", "non-empty"), ("x" * 5000, "serve.max_text_chars")):
         with pytest.raises(InvalidRequest, match=why):
             service.ask_input(bad, o)
-    assert service.ask_input("x" * 5000, o, limit=None).question  # the command line has no limit
+    assert service.ask_input("x" * 300, o, limit=None).question  # the command line has no character limit...
+    with pytest.raises(InvalidRequest, match="exceed the model's context of 1024 positions"):
+        service.ask_input("x" * 5000, o, limit=None)  # ...but the model's positions bound every prompt
 
 
 # ------------------------------------------------------------------------------ the batching engine
