@@ -321,6 +321,7 @@ class PrepareConfig(_Section):
     kb: str = _f("", "entity KB JSONL {id, title, description}; empty = build the embedded KB from the benchmark labels")
     kb_passages: list[str] = _f([], "passage corpora ({title, text}) whose passage of an entity's title becomes its description")
     kb_context_passages: list[str] = _f([], "HotpotQA-format files whose context paragraphs serve as passages too")
+    allow_empty_outputs: bool = _f(False, "let settings that give an output no input (wiki2_eval: [], elevant: [], dev_train_count past the dev set, no validation split) replace a non-empty output of prepare or label with an empty one; off: an error naming the setting, the old file kept")
     kb_pages: bool = _f(True, "also write kb_pages.jsonl: every titled page of kb_passages, kb_context_passages and wiki2_eval that is no entity's title, as an entry 'page:<title>' that evaluation searches (encode.kb_pages) and training never samples")
     on_error: Literal["raise", "skip"] = _f("skip", "malformed records: fail at once, or skip them (counted, listed in the report)")
     max_skip_rate: float = _f(0.02, "fail the stage when more than this fraction of a file's records is skipped", ge=0, le=1)

@@ -173,7 +173,9 @@ def run(p: Params) -> dict:
     val_idx = validation_indices([e.task for e in everything], cfg.val_fraction, cfg.val_count_by_task, cfg.seed)
     n_val = len(val_idx)
     write_jsonl(out / "train.jsonl", (everything[i].to_dict() for i in range(len(everything)) if i not in val_idx))
-    write_jsonl(out / "val.jsonl", (everything[i].to_dict() for i in sorted(val_idx)), allow_empty=n_val == 0)
+    write_jsonl(out / "val.jsonl", (everything[i].to_dict() for i in sorted(val_idx)),
+                "label.val_fraction and label.val_count_by_task hold out no example" if n_val == 0 else None,
+                p.prepare.allow_empty_outputs)
     val_by_task = dict(sorted(Counter(everything[i].task for i in val_idx).items()))
     report = {"train": len(everything) - n_val, "val": n_val, "val_by_task": val_by_task, **dict(sorted(stats.items())),
               "skipped": skips.to_dict(), "skips": skips.listed}

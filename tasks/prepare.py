@@ -80,12 +80,17 @@ def run(cfg: PrepareConfig) -> dict:
     overlap = {r.id for r in train} & ({r.id for r in held} | {r.id for r in wiki})
     if overlap:
         raise DataError(cfg.hotpotqa_dev, sorted(overlap)[0], "_id", "question is both a training and a held-out question")
-    # an output may be empty only when the settings give it no input (then the replacement is logged)
+    # an output may go empty only when the settings give it no input, and the user says so
+    allow = cfg.allow_empty_outputs
     write_jsonl(out / "multihop_train.jsonl", (record_to_dict(r) for r in train),
-                allow_empty=not (cfg.hotpotqa_train or (cfg.hotpotqa_dev and cfg.dev_train_count)))
+                None if cfg.hotpotqa_train or (cfg.hotpotqa_dev and cfg.dev_train_count) else
+                "prepare.hotpotqa_train is empty and prepare.dev_train_count takes no dev question", allow)
     write_jsonl(out / "hotpotqa_heldout.jsonl", (record_to_dict(r) for r in held),
-                allow_empty=not cfg.hotpotqa_dev or len(dev) <= cfg.dev_train_count)
-    write_jsonl(out / "2wiki_heldout.jsonl", (record_to_dict(r) for r in wiki), allow_empty=not cfg.wiki2_eval)
+                "prepare.hotpotqa_dev is empty" if not cfg.hotpotqa_dev else
+                f"prepare.dev_train_count ({cfg.dev_train_count}) takes all {len(dev)} dev questions"
+                if len(dev) <= cfg.dev_train_count else None, allow)
+    write_jsonl(out / "2wiki_heldout.jsonl", (record_to_dict(r) for r in wiki),
+                None if cfg.wiki2_eval else "prepare.wiki2_eval is empty", allow)
 
     articles = [a for p in cfg.elevant for a in _load(load_elevant_with_report, p, cfg, files)]
     split = {"train": [], "eval": []}
@@ -105,9 +110,12 @@ def run(cfg: PrepareConfig) -> dict:
         kb_report = {"source": "embedded: ELEVANT label names and types + same-title passages of "
                      + ", ".join(cfg.kb_passages + cfg.kb_context_passages), **coverage.to_dict()}
     kb_path = out / "kb.jsonl"
-    if not entities and (cfg.kb or cfg.elevant) and kb_path.is_file() and kb_path.stat().st_size:
-        raise EmptyOutputError(f"{kb_path}: 0 entities to write, the file holds some; kept it (check prepare.kb "
-                               "and prepare.elevant)")
+    if not entities and kb_path.is_file() and kb_path.stat().st_size and (cfg.kb or cfg.elevant
+                                                                          or not cfg.allow_empty_outputs):
+        why = ("prepare.elevant is empty, so" if not (cfg.kb or cfg.elevant) else "check prepare.kb and prepare.elevant:")
+        raise EmptyOutputError(f"{kb_path}: {why} 0 entities to write, the file holds some; kept it"
+                               + ("" if cfg.kb or cfg.elevant else
+                                  ". Set prepare.allow_empty_outputs=true to accept an empty output"))
     write_kb(kb_path, entities)
     if cfg.kb_pages:  # entries only evaluation searches (encode.kb_pages): training's KB above is unchanged
         pages = dict(passages)

@@ -53,19 +53,25 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict], allow_empty: bool = False) -> int:
+def write_jsonl(path: str | Path, rows: Iterable[dict], empty_because: str | None = None,
+                allow_empty: bool = False) -> int:
     """Write `rows` as JSON Lines; return how many. Zero rows never replace a non-empty file silently:
-    `EmptyOutputError` keeps the old file, unless the caller's settings ask for nothing
-    (`allow_empty`), in which case the replacement is logged as a warning."""
+    `EmptyOutputError` keeps the old file, naming the setting that gives the output no input
+    (`empty_because`) when there is one; only with `allow_empty` (`prepare.allow_empty_outputs`, set by the
+    user) is the replacement made, and logged as a warning."""
     path = Path(path)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if not lines and path.is_file() and path.stat().st_size:
         with path.open(encoding="utf-8", errors="replace") as fh:
             old = sum(1 for line in fh if line.strip())
-        if not allow_empty:
+        if empty_because is None:
             raise EmptyOutputError(f"{path}: 0 rows to write, the file holds {old}; kept it. Check the inputs "
                                    f"and params (a wrong --params file?); delete the file to accept an empty output")
-        log.warning("%s: replacing %d rows with an empty output, as the settings ask", path, old)
+        if not allow_empty:
+            raise EmptyOutputError(f"{path}: {empty_because}, so this output would go from {old} rows to none; "
+                                   f"kept it. Set prepare.allow_empty_outputs=true to accept an empty output")
+        log.warning("%s: replacing %d rows with an empty output (%s; prepare.allow_empty_outputs)", path, old,
+                    empty_because)
     write_text_atomic(path, "".join(line + "\n" for line in lines))
     return len(lines)
 

@@ -157,9 +157,42 @@ def test_no_output_is_replaced_by_an_empty_one_unasked(tmp_path, caplog):
     with pytest.raises(EmptyOutputError, match=r"out\.jsonl: 0 rows to write, the file holds 2; kept it"):
         write_jsonl(f, [])
     assert f.read_text() == '{"a": 1}\n{"a": 2}\n'
+    # a setting that gives the output no input is named, and still no replacement unless the user says so
+    with pytest.raises(EmptyOutputError, match=r"out\.jsonl: prepare\.wiki2_eval is empty, so this output would go "
+                                               r"from 2 rows to none; kept it\. Set prepare\.allow_empty_outputs=true"):
+        write_jsonl(f, [], "prepare.wiki2_eval is empty")
+    assert f.read_text() == '{"a": 1}\n{"a": 2}\n'
     with caplog.at_level(logging.WARNING):
-        write_jsonl(f, [], allow_empty=True)  # the settings ask for nothing: done, and said
+        write_jsonl(f, [], "prepare.wiki2_eval is empty", allow_empty=True)  # asked for: done, and said
     assert f.read_text() == "" and "replacing 2 rows with an empty output" in caplog.text
+
+
+@pytest.mark.parametrize("override, output, words", [
+    ({"wiki2_eval": []}, "2wiki_heldout.jsonl", "prepare.wiki2_eval is empty"),
+    ({"dev_train_count": 1000}, "hotpotqa_heldout.jsonl", "prepare.dev_train_count (1000) takes all 150"),
+    ({"elevant": [], "el_eval_benchmarks": []}, "kb.jsonl", "prepare.elevant is empty, so 0 entities"),
+])
+def test_a_setting_that_empties_a_prepare_output_is_an_error_naming_it(tmp_path, shared_data, override, output,
+                                                                       words):
+    """`-S prepare.wiki2_eval=[]` used to replace a non-empty file with an empty one after a warning."""
+    import dataclasses
+
+    from tasks import prepare
+    from tasks.stage_common import EmptyOutputError
+
+    p = make_params(tmp_path, shared_data, **{
+        "prepare.wiki2_eval": [str(shared_data / "2wikimultihopqa" / "dev_sample.jsonl")],
+        "prepare.hotpotqa_dev": str(shared_data / "hotpotqa" / "dev_distractor_sample.json"),
+        "prepare.dev_train_count": 100})
+    prepare.run(p.prepare)
+    before = (Path(p.prepare.out_dir) / output).read_bytes()
+    assert before
+    changed = dataclasses.replace(p.prepare, **override)
+    with pytest.raises(EmptyOutputError, match=re.escape(words)):
+        prepare.run(changed)
+    assert (Path(p.prepare.out_dir) / output).read_bytes() == before
+    prepare.run(dataclasses.replace(changed, allow_empty_outputs=True))  # said explicitly: done
+    assert (Path(p.prepare.out_dir) / output).read_bytes() == b""
 
 
 def test_a_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
