@@ -146,6 +146,29 @@ class LanceIndex:
         return cls(uri, table)
 
     @property
+    def version(self) -> int:
+        """The Lance version of the table this object reads (a committed, complete state)."""
+        return int(self.table.version)
+
+    def refresh(self) -> bool:
+        """Move to the table's latest committed version (what `onegen index add` wrote since); True when it
+        moved. A version written by another checkpoint is not taken: the vectors would not be comparable,
+        so the object stays on the version it had, and says so in the log."""
+        before = self.version
+        self.table.checkout_latest()
+        if self.version == before:
+            return False
+        now = (self.table.schema.metadata or {}).get(CHECKPOINT_KEY, b"").decode()
+        if now != self.checkpoint_id:
+            log.error("%s/%s: version %d was encoded by checkpoint %r, not %r; staying on version %d", self.uri,
+                      self.table_name, self.version, now, self.checkpoint_id, before)
+            self.table.checkout(before)
+            return False
+        self._exact = None  # the in-memory exact copy is of the old version
+        log.info("%s/%s: now version %d (%d rows)", self.uri, self.table_name, self.version, len(self))
+        return True
+
+    @property
     def table_uri(self) -> str:
         """The table's Lance dataset (LanceDB keeps table `t` of database `uri` at `<uri>/t.lance`): what a
         distributed writer appends to."""
@@ -234,7 +257,8 @@ class LanceIndex:
         docs = (len(set(self.table.search().select(["doc_id"]).limit(None).to_arrow().column("doc_id").to_pylist()))
                 if n else 0)
         ann = [i for i in self.table.list_indices() if i.index_type.startswith("Ivf")]
-        return {"uri": self.uri, "table": self.table_name, "rows": n, "documents": docs, "dim": self.dim,
+        return {"uri": self.uri, "table": self.table_name, "version": self.version, "rows": n, "documents": docs,
+                "dim": self.dim,
                 "checkpoint_id": self.checkpoint_id,
                 "index_type": ann[0].index_type if ann else "exact (brute-force cosine)"}
 

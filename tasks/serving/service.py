@@ -385,6 +385,7 @@ class ModelService:
 
         stats = EngineStats()
         with self.lock:
+            self.refresh_tables()
             results = generate(self.model, self.tokenizer, [it.prompt_ids for it, _ in items], self.units, policy,
                                checkpoint_id=self.checkpoint_id, stats=stats,
                                hooks=StreamHooks(on_token, on_retrieval, should_stop))
@@ -450,6 +451,7 @@ class ModelService:
                                      max_retrievals=items[0][0].options.max_retrievals,
                                      max_new_tokens=max(w.max_new_tokens for _, w in rows))
             with self.lock:
+                self.refresh_tables()
                 results = generate(self.model, self.tokenizer, [w.prompt_ids for _, w in rows], self.entities,
                                    policy, checkpoint_id=self.checkpoint_id, choose=chooser, stats=stats,
                                    hooks=StreamHooks(on_token, on_retrieval, should_stop))
@@ -484,6 +486,21 @@ class ModelService:
 
     # ---------------------------------------------------------------- description
 
+    REFRESH_S = 1.0  # how often a batch looks for a newer table version (a cheap check of the table's manifest)
+
+    def refresh_tables(self, force: bool = False) -> None:
+        """Serve the tables' latest committed versions: documents `onegen index add` wrote while the server
+        runs are searched from the next batch on, without a restart. Called under `self.lock`, between
+        batches, so a batch searches one version throughout; a Lance version is a complete commit, never a
+        half-written one (an add of many documents commits batch by batch, and each is served as it lands)."""
+        now = time.monotonic()
+        if not force and now - self.__dict__.get("_refreshed", 0.0) < self.REFRESH_S:
+            return
+        self._refreshed = now
+        for index in (self.units, self.entities):
+            if index is not None and hasattr(index, "refresh"):
+                index.refresh()
+
     def index_problems(self) -> dict[str, str]:
         """What is wrong with the served tables, by role ("units", "entities"), for `GET /v1/health`: unit ids
         stored more than once (a table two writers appended to), which every search refuses, or a table
@@ -508,7 +525,10 @@ class ModelService:
         return problems
 
     def info(self) -> dict:
-        """What `GET /v1/info` and `onegen index info` report: checkpoint, tables, request defaults."""
+        """What `GET /v1/info` and `onegen index info` report: checkpoint, tables (the versions served),
+        request defaults."""
+        with self.lock:
+            self.refresh_tables(force=True)
         lm = getattr(self.model, "lm", self.model)
         s, e = self.params.serve, self.params.evaluate
         return {

@@ -653,3 +653,31 @@ def test_a_prompt_past_the_models_context_is_a_400_naming_the_limit(url, service
     assert "exceed the model's context of 1024 positions" in r.json()["error"]["message"]
     ok = httpx.post(f"{url}/v1/ask", json={"question": ARTHUR}, timeout=60)
     assert ok.status_code == 200
+
+
+def test_documents_added_while_the_server_runs_are_served_without_a_restart(paths, tmp_path):
+    """`onegen index add` while `onegen api` runs: /v1/info reports the new version and rows, and an ask
+    retrieves from them, with no restart."""
+    import shutil
+
+    from flows.cli import main
+    from tasks.serving.service import ModelService
+    from tests.serving.conftest import cli_options
+
+    import numpy as np
+
+    index = tmp_path / "index"
+    shutil.copytree(paths["index"], index)
+    svc = ModelService(tiny_params({**paths, "index": str(index)}))
+    with server(svc) as u:
+        before = httpx.get(f"{u}/v1/info", timeout=60).json()["index"]["units"]
+        docs = tmp_path / "new.jsonl"
+        docs.write_text(json.dumps({"id": "zeta", "title": "Zeta", "text": "Zeta is new. It came later."}) + "\n")
+        main(["index", "add", str(docs), *cli_options(paths, index=str(index))])
+        after = httpx.get(f"{u}/v1/info", timeout=60).json()["index"]["units"]
+        assert after["rows"] == before["rows"] + 2 and after["version"] > before["version"]
+        r = httpx.post(f"{u}/v1/ask", json={"question": ARTHUR}, timeout=60)
+        assert r.status_code == 200  # searching the new version works
+        rows = {row["id"]: row["vector"] for row in svc.units.table.to_arrow().to_pylist()}
+        hit = svc.units.search(np.array([rows["zeta#0"]], np.float32), 1)[0][0]
+        assert hit.id == "zeta#0"  # the served search sees the new unit
