@@ -124,7 +124,12 @@ def run(cfg: PrepareConfig) -> dict:
                 if para.sentences:
                     pages.setdefault(para.title, para.text().strip())
         page_rows, page_counts = page_entities(entities, pages)
-        write_kb(out / "kb_pages.jsonl", page_rows)
+        pages_path = out / "kb_pages.jsonl"
+        if not page_rows and pages_path.is_file() and pages_path.stat().st_size and not cfg.allow_empty_outputs:
+            raise EmptyOutputError(f"{pages_path}: prepare.kb_passages and prepare.kb_context_passages give no "
+                                   "page, so this output would go empty; kept it. Set "
+                                   "prepare.allow_empty_outputs=true to accept an empty output")
+        write_kb(pages_path, page_rows)
         kb_report["pages"] = page_counts
     split_counts = {k: sum(1 for a in articles if a.benchmark in v) for k, v in split.items()}
     write_json(out / "el_split.json", {"benchmarks": split, "articles": split_counts})

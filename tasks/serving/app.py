@@ -252,9 +252,30 @@ async def refused(request: Request, exc: InvalidRequest) -> JSONResponse:
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method, unparsable body) in the vLLM error shape."""
     message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-    if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI: not UTF-8 JSON
-        message = "the request body is not valid JSON (it must be UTF-8 text)"
+    if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI says no more
+        message = await why_unparsable(request)
     return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None))
+
+
+async def why_unparsable(request: Request) -> str:
+    """What is wrong with a body FastAPI could not parse: not UTF-8, not JSON, or nested past the parser's
+    recursion limit (a 15,000-deep array), said as such rather than as one catch-all."""
+    fallback = "the request body is not valid JSON (it must be UTF-8 text)"
+    try:
+        raw = await request.body()  # kept by Starlette (and bounded by the Guard) once read
+    except Exception:  # noqa: BLE001 (the connection went away: the catch-all is all there is to say)
+        return fallback
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"the request body is not UTF-8 text (byte {e.start})"
+    try:
+        json.loads(text)
+    except RecursionError:
+        return "the request body is nested too deeply to parse (JSON arrays or objects inside each other)"
+    except ValueError as e:
+        return f"the request body is not valid JSON ({e})"
+    return fallback
 
 
 async def crash(request: Request, exc: Exception) -> JSONResponse:

@@ -156,6 +156,8 @@ def ask(args: argparse.Namespace, out: TextIO | None = None) -> None:
 def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     """(article id, title, text) per text: the argument, a text file (one text), or ELEVANT-style JSONL
     ({id, text, title?} per line: each line one article)."""
+    from tasks.serving.corpus import CorpusError, check_plain_text
+
     if not args.file:
         if not args.text:
             raise SystemExit("onegen link: give a TEXT or --file FILE")
@@ -176,6 +178,12 @@ def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
             raise SystemExit(f"onegen link: {path}:{n}: not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise SystemExit(f"onegen link: {path}:{n}: field 'text': expected a string")
+        if not rec["text"].strip():
+            raise SystemExit(f"onegen link: {path}:{n}: field 'text': empty")
+        try:  # what the service would refuse later without a line number: special tokens, lone surrogates
+            check_plain_text(rec["text"], f"{path}:{n}: field 'text'")
+        except CorpusError as e:
+            raise SystemExit(f"onegen link: {e}") from None
         out.append((rec.get("id", n - 1), rec.get("title", "") or "", rec["text"]))
     return out
 

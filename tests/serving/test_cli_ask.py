@@ -327,3 +327,13 @@ def test_index_check_finds_a_table_written_twice_and_repair_mends_it(capsys, pat
     mended = LanceIndex(idx, "units")
     assert sorted(r.id for r in mended.records()) == sorted(r.id for r in table.records()[:10])
     assert mended.search(np.ones((1, table.dim), np.float32), 1)[0]  # searchable again
+
+
+def test_a_bad_line_of_a_link_jsonl_names_file_line_and_field(capsys, paths, tmp_path):
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"id": 1, "text": "Barack Obama was born in Honolulu."}\n'
+                     '{"id": 2, "text": "He wrote [RQ] here."}\n')
+    err = fails(capsys, "link", "--file", str(texts), *cli_options(paths))
+    assert err == f"onegen link: {texts}:2: field 'text': contains the special token '[RQ]'; remove or reword it"
+    texts.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": "  "}\n')
+    assert fails(capsys, "link", "--file", str(texts), *cli_options(paths)) == f"onegen link: {texts}:2: field 'text': empty"

@@ -386,7 +386,8 @@ def test_malformed_bodies_unknown_models_routes_and_oversized_bodies(url):
     cases = [
         (httpx.post(f"{url}/v1/ask", content=b"{not json", headers=as_json), 400, "not valid JSON"),
         (httpx.post(f"{url}/v1/ask", content=b'{"question": "q",}', headers=as_json), 400, "not valid JSON"),
-        (httpx.post(f"{url}/v1/ask", content=b'{"question": "\xff\xfe"}', headers=as_json), 400, "not valid JSON"),
+        (httpx.post(f"{url}/v1/ask", content=b'{"question": "\xff\xfe"}', headers=as_json), 400, "not UTF-8 text"),
+        (httpx.post(f"{url}/v1/ask", content=b"[" * 15_000 + b"]" * 15_000, headers=as_json), 400, "nested too deeply"),
         (httpx.post(f"{url}/v1/ask", content=b"", headers=as_json), 400, "JSON object"),
         (httpx.post(f"{url}/v1/ask", json=[ARTHUR]), 400, "JSON object"),
         (httpx.post(f"{url}/v1/ask", json=ARTHUR), 400, "JSON object"),
@@ -402,7 +403,7 @@ def test_malformed_bodies_unknown_models_routes_and_oversized_bodies(url):
     for r, status, words in cases:
         assert r.status_code == status and words in r.json()["error"]["message"], r.text
         assert r.json()["error"]["code"] == status
-    assert cases[7][0].json()["error"]["param"] == "model"
+    assert cases[8][0].json()["error"]["param"] == "model"
     assert "content-length" not in cases[-1][0].request.headers  # the last case really was chunked
     for name in ("onegen", None):
         body = {"question": ARTHUR} if name is None else {"question": ARTHUR, "model": name}

@@ -426,3 +426,20 @@ def test_the_elevant_export_reads_bom_and_gzip_inputs(tmp_path, shared_data):
     write_linked_articles(articles, {}, article_sources([f]), tmp_path / "out", "exp", "a test", None)
     out = [json.loads(x) for x in (tmp_path / "out" / "exp.reuters-128.linked_articles.jsonl").read_text().splitlines()]
     assert [a["id"] for a in out] == [0, 1, 2] and out[0]["text"] == json.loads(lines[0])["text"]
+
+
+def test_settings_that_leave_no_kb_page_keep_the_old_pages(tmp_path, shared_data):
+    import dataclasses
+
+    from tasks import prepare
+    from tasks.stage_common import EmptyOutputError
+
+    p = make_params(tmp_path, shared_data, **{
+        "prepare.kb_context_passages": [str(shared_data / "hotpotqa" / "train_sample.json")]})
+    prepare.run(p.prepare)
+    pages = Path(p.prepare.out_dir) / "kb_pages.jsonl"
+    before = pages.read_bytes()
+    assert before
+    with pytest.raises(EmptyOutputError, match="give no page, so this output would go empty; kept it"):
+        prepare.run(dataclasses.replace(p.prepare, kb_context_passages=[]))
+    assert pages.read_bytes() == before
