@@ -261,6 +261,12 @@ def examples(cache: list[dict], n: int = 3) -> dict:
     return {"accepted": accepted, "rejected": rejected}
 
 
+def project_relative(text: str) -> str:
+    """`text` with this checkout's absolute path taken off the paths it holds (logs, skips, the server's
+    command line): a committed result names files relative to the project, not to one machine."""
+    return text.replace(f"{ROOT}/", "")
+
+
 def main(argv: list[str] | None = None) -> None:
     from onegen_core.config import load_params
 
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     if "kill_restart" in result:
         result["kill_restart"]["cache"] = len(result["kill_restart"]["cache"])  # the examples above show it
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    Path(args.out).write_text(project_relative(json.dumps(result, indent=2, ensure_ascii=False)) + "\n")
     print(json.dumps({k: result.get("kill_restart", {}).get(k) for k in ("killed", "checks")}, indent=2))
     print(f"wrote {args.out}")
 

@@ -246,6 +246,8 @@ class ModelService:
         self.vocab_bytes = token_bytes(self.tokenizer)
         self.special_ids = {self.seg.ids[t] for t in SPECIAL_TOKENS} | {self.seg.ids.eos}
         self.lock = threading.Lock()  # one batch at a time on the model (the engine thread; the CLI)
+        self._refreshed = 0.0  # when the tables last looked for a newer version (`refresh_tables`)
+        self._problems: dict[tuple[str, int], str | None] = {}  # (table, version) → what is wrong, if anything
         self.load_seconds = time.perf_counter() - t0
         log.info("serving checkpoint %s (%s, %s) with %s/%s%s in %.1f s", self.checkpoint, self.checkpoint_id,
                  self.dtype, self.index_uri, self.units_table,
@@ -494,7 +496,7 @@ class ModelService:
         batches, so a batch searches one version throughout; a Lance version is a complete commit, never a
         half-written one (an add of many documents commits batch by batch, and each is served as it lands)."""
         now = time.monotonic()
-        if not force and now - self.__dict__.get("_refreshed", 0.0) < self.REFRESH_S:
+        if not force and now - self._refreshed < self.REFRESH_S:
             return
         self._refreshed = now
         for index in (self.units, self.entities):
@@ -505,7 +507,7 @@ class ModelService:
         """What is wrong with the served tables, by role ("units", "entities"), for `GET /v1/health`: unit ids
         stored more than once (a table two writers appended to), which every search refuses, or a table
         that can no longer be read. Checked once per table version; never raises."""
-        cache = self.__dict__.setdefault("_problems", {})
+        cache = self._problems
         problems = {}
         for role, index in (("units", self.units), ("entities", self.entities)):
             if index is None:

@@ -38,3 +38,10 @@ def test_example_copies_counts_steps_taken_word_for_word_from_the_figure(tmp_pat
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert example_copies(path) == {"decompositions": 2, "with_a_step_copied_from_the_example": 1, "steps": 3,
                                     "steps_copied": 1}
+
+
+def test_a_committed_result_names_paths_relative_to_the_project():
+    from bench.annotate_vllm import project_relative
+
+    assert project_relative(f'{{"log": "{ROOT}/runs/annotate_vllm/e2e_label.log"}}') == \
+        '{"log": "runs/annotate_vllm/e2e_label.log"}'
