@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onegen_core.config import ServeConfig
+from tasks.serving import openai_api
 from tasks.serving.batching import BatchingEngine, EngineStopped, Job, QueueFull, RequestCancelled, RequestTimeout
 from tasks.serving.service import InvalidRequest, ModelService, elevant_article
 
@@ -70,6 +72,8 @@ class AskBody(_Body):
     temperature: float | None = Field(None, description="0 (default) = greedy; > 0 samples")
     top_p: float | None = Field(None, description="nucleus sampling mass, (0, 1]")
     seed: int | None = Field(None, description="seed of the sampler (requests batched together share it)")
+    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the answer where the model "
+                                                           "writes one (not returned)")
 
 
 class LinkBody(_Body):
@@ -101,7 +105,8 @@ def _validation_message(errors: list[dict], known: dict[str, list[str]], path: s
     """(param, message) of pydantic errors, naming the field the way a client wrote it."""
     parts, first = [], None
     for e in errors:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        # a union's member is named in the location (`stop.str`, `stop.list[str]`): drop it, name the field
+        loc = [str(x) for x in e.get("loc", ()) if x != "body" and not _UNION_TAG.fullmatch(str(x))]
         kind = e.get("type", "")
         if kind == "json_invalid":
             return None, f"the request body is not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})"
@@ -120,7 +125,10 @@ def _validation_message(errors: list[dict], known: dict[str, list[str]], path: s
             parts.append(f"{param}: unknown field (known: {', '.join(known.get(path, []))})")
         else:
             parts.append(f"{param}: {e.get('msg', 'invalid')}")
-    return first, "; ".join(parts) or "invalid request"
+    return first, "; ".join(dict.fromkeys(parts)) or "invalid request"
+
+
+_UNION_TAG = re.compile(r"str|int|float|bool|none|list|dict|[a-z-]+\[.*\]")
 
 
 def _alias_groups(*models: type[BaseModel]) -> list[tuple[str, ...]]:
@@ -136,7 +144,7 @@ def _known_fields(model: type[BaseModel]) -> list[str]:
     return sorted(out)
 
 
-_ALIASES = _alias_groups(AskBody, LinkBody)
+_ALIASES = _alias_groups(AskBody, LinkBody, openai_api.ChatCompletionBody, openai_api.CompletionBody)
 
 
 # ------------------------------------------------------------------------------------------ middleware
@@ -299,7 +307,9 @@ class Routes:
         # what a request's `model` may say: the checkpoint's id, its path as given or resolved, or 'onegen'
         self.served_names = {service.checkpoint_id, service.checkpoint, str(Path(service.checkpoint).resolve()),
                              "onegen"}
-        self.known = {"/v1/ask": _known_fields(AskBody), "/v1/link": _known_fields(LinkBody)}
+        self.known = {"/v1/ask": _known_fields(AskBody), "/v1/link": _known_fields(LinkBody),
+                      "/v1/chat/completions": _known_fields(openai_api.ChatCompletionBody),
+                      "/v1/completions": _known_fields(openai_api.CompletionBody)}
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
@@ -329,7 +339,7 @@ class Routes:
     async def ask(self, body: AskBody, request: Request) -> Response:
         self.check_model(body.model)
         opts = self.service.ask_options(body.max_tokens, body.max_retrievals, body.top_k, body.temperature,
-                                        body.top_p, body.seed)
+                                        body.top_p, body.seed, body.stop)
         item = self.service.ask_input(body.question, opts)
         return await self.submit(request, "ask", item, 1, opts.batch_key(), body.stream, opts.temperature == 0,
                                  lambda r: r)
@@ -365,10 +375,11 @@ class Routes:
     # ---------------------------------------------------------------- one request through the engine
 
     async def submit(self, request: Request, kind: str, item: Any, rows: int, key: tuple, stream: bool,
-                     replayable: bool, shape: Callable[[dict], dict]) -> Response:
+                     replayable: bool, shape: Callable[[dict], dict], events: EventStream | None = None) -> Response:
         """Queue one request as a `Job` of `rows` engine rows (its deadline starts now): 429 when the queue
         is full, 503 when the engine stopped; then its answer as one JSON object, or as a stream of events
-        (`shape` turns the service's result into the response's)."""
+        (`shape` turns the service's result into the response's; `events` writes the stream, by default
+        this API's own `sse_events`)."""
         deadline = time.monotonic() + self.cfg.request_timeout_s
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -382,7 +393,7 @@ class Routes:
             return error_response(503, str(e), None, headers={"Retry-After": "5"})
         if not stream:
             return await self.answer(request, job, shape)
-        return StreamingResponse(sse_events(queue, job, shape, self.cfg), media_type="text/event-stream",
+        return StreamingResponse((events or sse_events)(queue, job, shape, self.cfg), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def answer(self, request: Request, job: Job, shape: Callable[[dict], dict]) -> Response:
@@ -421,6 +432,27 @@ class Routes:
         return JSONResponse(shape(result))
 
 
+EventStream = Callable[[asyncio.Queue, Job, Callable[[dict], dict], ServeConfig], AsyncIterator[str]]
+
+
+async def engine_events(queue: asyncio.Queue, job: Job) -> AsyncIterator[dict | None]:
+    """The engine's events of one streaming job as they come, `None` whenever it has been silent for
+    PING_SECONDS (a stream writes a keep-alive comment then); ends after `done` or `error`. The job is
+    cancelled when it ends (a consumer that stops early cancels it too: see `sse_events`)."""
+    try:
+        while True:
+            try:
+                ev = await asyncio.wait_for(queue.get(), PING_SECONDS)
+            except TimeoutError:
+                yield None
+                continue
+            yield ev
+            if ev["type"] in ("done", "error"):
+                break
+    finally:
+        job.cancel()  # no-op when finished; stops the row when the client went away
+
+
 async def sse_events(queue: asyncio.Queue, job: Job, shape: Callable[[dict], dict],
                      cfg: ServeConfig) -> AsyncIterator[str]:
     """The server-sent events of a streaming request: each engine event as `event: <type>` + `data:
@@ -428,23 +460,18 @@ async def sse_events(queue: asyncio.Queue, job: Job, shape: Callable[[dict], dic
     whenever the engine is silent for PING_SECONDS. The job is cancelled when the stream ends, so a
     client that goes away stops its row."""
     try:
-        while True:
-            try:
-                ev = await asyncio.wait_for(queue.get(), PING_SECONDS)
-            except TimeoutError:
+        async for ev in engine_events(queue, job):
+            if ev is None:
                 yield ": ping\n\n"
-                continue
-            kind = ev["type"]
-            if kind == "done":
+            elif ev["type"] == "done":
                 yield _sse("done", {"type": "done", "result": shape(ev["result"])})
-                break
-            if kind == "error":
-                yield _sse("error", {"type": "error", **_stream_error(ev["error"], cfg)})
-                break
-            yield _sse(kind, ev)
+            elif ev["type"] == "error":
+                yield _sse("error", {"type": "error", **stream_error(ev["error"], cfg)})
+            else:
+                yield _sse(ev["type"], ev)
         yield "data: [DONE]\n\n"
     finally:
-        job.cancel()  # no-op when finished; stops the row when the client went away
+        job.cancel()  # at once when the client goes away (the inner generator is only closed when collected)
 
 
 def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = None,
@@ -467,6 +494,7 @@ def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = No
     app.post("/v1/link", summary="mark entity mentions in a text and link each to the entity table")(routes.link)
     app.get("/v1/health", summary="liveness: 200 while the engine runs (no API key needed)")(routes.health)
     app.get("/v1/info", summary="checkpoint, index tables, request defaults and limits")(routes.info)
+    openai_api.register(app, routes)
     app.get("/", include_in_schema=False)(routes.index_page)
     app.get("/favicon.ico", include_in_schema=False)(favicon)
     return app
@@ -483,7 +511,7 @@ async def _client_gone(request: Request) -> None:
         await asyncio.Event().wait()
 
 
-def _stream_error(error: BaseException, cfg: ServeConfig) -> dict:
+def stream_error(error: BaseException, cfg: ServeConfig) -> dict:
     if isinstance(error, RequestTimeout):
         return error_body(504, _timeout_message(cfg))
     if isinstance(error, InvalidRequest):

@@ -68,6 +68,9 @@ class AskOptions:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # strings that end the answer where the model writes one (OpenAI's `stop`): checked on the text the
+    # model samples (pasted passages excluded), per row, so they are not part of the batch key
+    stop: tuple[str, ...] = ()
 
     def batch_key(self) -> tuple:
         """Rows share a batch only when the engine treats them alike: one retrieval cap, one sampler.
@@ -183,6 +186,8 @@ class _AskRow:
     generated: int = 0
     retrievals: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    sampled: str = ""  # the text of the sampled tokens, as streamed (pasted passages excluded)
+    stop_hit: str | None = None  # the `stop` string the sampled text reached
 
 
 def load_model(checkpoint: str, dtype: str):
@@ -258,7 +263,7 @@ class ModelService:
 
     def ask_options(self, max_new_tokens: int | None = None, max_retrievals: int | None = None,
                     top_k: int | None = None, temperature: float | None = None, top_p: float | None = None,
-                    seed: int | None = None) -> AskOptions:
+                    seed: int | None = None, stop: str | Sequence[str] | None = None) -> AskOptions:
         """A request's settings: what it gives, else what the checkpoint was evaluated with; limits from
         `serve` (errors name the request field)."""
         s, e = self.params.serve, self.params.evaluate
@@ -268,7 +273,7 @@ class ModelService:
             top_k=s.top_k if top_k is None else top_k,
             temperature=0.0 if temperature is None else float(temperature),
             top_p=1.0 if top_p is None else float(top_p),
-            seed=seed)
+            seed=seed, stop=stop_strings(stop))
         _range("max_tokens", opts.max_new_tokens, 1, s.max_new_tokens, "serve.max_new_tokens")
         _range("max_retrievals", opts.max_retrievals, 0, 64, None)
         _range("top_k", opts.top_k, 1, s.max_top_k, "serve.max_top_k")
@@ -369,6 +374,7 @@ class ModelService:
             r = rows[b]
             r.generated += 1
             text = r.decoder.push(token_id)
+            r.sampled += text
             r.channel.emit({"type": "token", "id": token_id, "text": text, "special": token_id in self.special_ids})
 
         def on_retrieval(b: int, ev: RetrievalEvent, hits: list[Hit]) -> None:
@@ -380,6 +386,10 @@ class ModelService:
 
         def should_stop(b: int) -> str | None:
             r = rows[b]
+            # a stop string reached by the last token wins over the budget that token may also have used up
+            r.stop_hit = r.stop_hit or next((s for s in r.item.options.stop if s in r.sampled), None)
+            if r.stop_hit is not None:
+                return "stop"
             if r.generated >= r.item.options.max_new_tokens:
                 return "length"
             r.stopped = r.channel.stop_reason()
@@ -395,13 +405,26 @@ class ModelService:
                  "seconds": round(stats.seconds, 4)}
         out = []
         for r, res in zip(rows, results):
+            text, sampled, finish = res.text, r.sampled, res.finish_reason
+            if r.stop_hit is None and finish not in ("timeout", "cancelled"):
+                # the last token reached a stop string and ended the row otherwise (its budget, EOS, the cap)
+                r.stop_hit = next((s for s in r.item.options.stop if s in sampled), None)
+            if r.stop_hit is not None:
+                # the answer ends before the stop string, which is not returned (as OpenAI and vLLM do). The
+                # string was completed by the last sampled tokens: its last occurrence in the full text is
+                # that one (a passage is pasted after it only when the string ends with `[RQ]`)
+                finish = "stop"
+                sampled = sampled[: sampled.find(r.stop_hit)]
+                text = text[: max(text.rfind(r.stop_hit), 0)]
             out.append({
                 "id": _new_id("ask"), "object": "ask", "created": int(time.time()), "model": self.checkpoint_id,
                 "question": r.item.question,
-                "answer": final_answer(res.text),
-                "text": res.text,
+                "answer": final_answer(text),
+                "text": text,
+                "sampled_text": sampled,
+                "stop": r.stop_hit,
                 "retrievals": r.retrievals,
-                "finish_reason": res.finish_reason,
+                "finish_reason": finish,
                 "counts": {"prompt_tokens": len(res.prompt_ids), "generated_tokens": r.generated,
                            "pasted_tokens": len(res.token_ids) - r.generated, "retrievals": len(r.retrievals)},
                 "batch": dict(batch),
@@ -548,6 +571,26 @@ class ModelService:
                        "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue,
                        "request_timeout_s": s.request_timeout_s},
         }
+
+
+MAX_STOP = 4  # OpenAI's bound on `stop` strings
+MAX_STOP_CHARS = 200
+
+
+def stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A request's `stop` (one string or a list, OpenAI's shape) as a tuple, range-checked: at most
+    MAX_STOP non-empty strings of at most MAX_STOP_CHARS characters."""
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else list(stop)
+    if len(items) > MAX_STOP:
+        raise InvalidRequest("stop", f"stop: {len(items)} strings, more than {MAX_STOP}")
+    for k, s in enumerate(items):
+        if not isinstance(s, str) or not s:
+            raise InvalidRequest("stop", f"stop: string {k} must be non-empty, got {s!r}")
+        if len(s) > MAX_STOP_CHARS:
+            raise InvalidRequest("stop", f"stop: string {k} has {len(s)} characters, more than {MAX_STOP_CHARS}")
+    return tuple(dict.fromkeys(items))
 
 
 def _range(param: str, value: int, lo: int, hi: int, setting: str | None) -> None:

@@ -158,8 +158,9 @@ def test_ask_returns_the_answer_its_retrievals_and_counts(url, service):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"id", "object", "created", "model", "question", "answer", "text", "retrievals",
-                         "finish_reason", "counts", "batch"}
+    assert set(body) == {"id", "object", "created", "model", "question", "answer", "text", "sampled_text", "stop",
+                         "retrievals", "finish_reason", "counts", "batch"}
+    assert body["stop"] is None and body["text"].endswith(body["sampled_text"][-40:])
     assert body["object"] == "ask" and body["model"] == service.checkpoint_id and body["id"].startswith("ask-")
     assert body["question"] == ARTHUR and isinstance(body["created"], int)
     assert body["answer"] == "Arthur's Magazine" and body["finish_reason"] == "eos"
@@ -330,6 +331,11 @@ BAD_ASK = [
     ({"question": "q", "stream": "yes"}, "stream"),
     ({"question": "q", "model": 3}, "model"),
     ({"question": "q", "max_token": 5}, "max_token"),
+    ({"question": "q", "stop": 5}, "stop"),
+    ({"question": "q", "stop": [5]}, "stop"),
+    ({"question": "q", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"question": "q", "stop": [""]}, "stop"),
+    ({"question": "q", "stop": "x" * 201}, "stop"),
 ]
 
 
