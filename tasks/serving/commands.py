@@ -153,7 +153,7 @@ def ask(args: argparse.Namespace, out: TextIO | None = None) -> None:
 
 # ------------------------------------------------------------------------------------------ link
 
-def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
+def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str, str]]:
     """(article id, title, text) per text: the argument, a text file (one text), or ELEVANT-style JSONL
     ({id, text, title?} per line: each line one article)."""
     from tasks.serving.corpus import CorpusError, check_plain_text
@@ -161,13 +161,13 @@ def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     if not args.file:
         if not args.text:
             raise SystemExit("onegen link: give a TEXT or --file FILE")
-        return [(0, "", args.text)]
+        return [(0, "", args.text, "TEXT")]
     path = Path(args.file)
     if args.file != "-" and not path.is_file():
         raise SystemExit(f"onegen link: {path}: no such file")
     raw = _read_text(args.file, "link")
     if path.suffix.lower() != ".jsonl":
-        return [(0, "", raw)]
+        return [(0, "", raw, f"{path}")]
     out = []
     for n, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
@@ -184,7 +184,7 @@ def _texts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
             check_plain_text(rec["text"], f"{path}:{n}: field 'text'")
         except CorpusError as e:
             raise SystemExit(f"onegen link: {e}") from None
-        out.append((rec.get("id", n - 1), rec.get("title", "") or "", rec["text"]))
+        out.append((rec.get("id", n - 1), rec.get("title", "") or "", rec["text"], f"{path}:{n}: field 'text'"))
     return out
 
 
@@ -199,13 +199,19 @@ def _marked(text: str, mentions: list[dict]) -> str:
 
 def link(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call: the stream may be replaced (tests, redirection)
-    from tasks.serving.service import QuietChannel, elevant_article
+    from tasks.serving.service import InvalidRequest, QuietChannel, elevant_article
 
     texts = _texts(args)
     service = _service(args)
     opts = service.link_options(args.top_k, args.max_retrievals)
-    for art_id, title, text in texts:
-        (res,) = service.run_link([(service.link_input(text, opts, limit=None), QuietChannel())])
+    items = []
+    for art_id, title, text, where in texts:  # all checked before any is linked (the tokenizer's control tokens)
+        try:
+            items.append((art_id, title, text, service.link_input(text, opts, limit=None)))
+        except InvalidRequest as e:
+            raise SystemExit(f"onegen link: {where}: {e.message.removeprefix('text: ')}") from None
+    for art_id, title, text, item in items:
+        (res,) = service.run_link([(item, QuietChannel())])
         if args.json:
             art = elevant_article(res, art_id)
             art["title"] = title
@@ -238,7 +244,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     from onegen_core.method.model import OneGenModel
     from onegen_core.method.precision import resolve_inference_dtype
     from tasks.adapters.lance_index import AnnSettings
-    from tasks.serving.corpus import add_documents, read_documents
+    from tasks.serving.corpus import add_documents, check_documents, control_tokens, read_documents
     from tasks.serving.service import load_model
 
     root, p = _params(args)
@@ -252,6 +258,7 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     refused: list[str] = []
     docs = read_documents(args.path, granularity, refused)
     lm, tok, ck = load_model(checkpoint, resolve_inference_dtype(p.backbone.inference_dtype))
+    check_documents(docs, control_tokens(tok), args.path)
     model = OneGenModel(lm, LossConfig()).eval()
     collator = OneGenCollator(tok, max_length=p.encode.max_doc_length, max_doc_length=p.encode.max_doc_length)
     report = add_documents(model, collator, docs, uri, table, checkpoint, ck, args.batch_size or p.encode.batch_size,

@@ -45,13 +45,25 @@ class DuplicateIdError(CorpusError):
     """Documents whose ids are already stored with other content (and `--update` was not given)."""
 
 
-def check_plain_text(value: str, where: str) -> None:
-    """Refuse text that spells a special token: tokenised, `[RQ]` or `<paragraph>` in a passage would
-    become the control token itself and change what the model reads (the training format refuses them
-    for the same reason)."""
-    for t in SPECIAL_TOKENS:
+def control_tokens(tokenizer) -> tuple[str, ...]:
+    """Every string the tokenizer turns into a control token when it appears in text: its special tokens
+    (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>` for ChatML-style ones) and every added token marked
+    special (OneGen's among them), longest first. A user's text spelling one would become the token
+    itself: `<|im_end|>` closes the chat turn the question sits in."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    found |= {a.content for a in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(a, "special", False)}
+    found |= set(SPECIAL_TOKENS)
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
+
+
+def check_plain_text(value: str, where: str, control: tuple[str, ...] = SPECIAL_TOKENS) -> None:
+    """Refuse text that spells a special token: tokenised, `[RQ]` or `<paragraph>` in a passage (or the
+    tokenizer's own `<|im_end|>`, with `control` from `control_tokens`) would become the control token
+    itself and change what the model reads (the training format refuses them for the same reason)."""
+    for t in control:
         if t in value:
-            raise CorpusError(f"{where}: contains the special token {t!r}; remove or reword it")
+            whose = "special token" if t in SPECIAL_TOKENS else "tokenizer's control token"
+            raise CorpusError(f"{where}: contains the {whose} {t!r}; remove or reword it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" decodes to half a character
@@ -170,6 +182,15 @@ def read_folder(root: Path, granularity: str, refused: list[str] | None = None) 
             docs.append(Document(id=f"{rel}:{n}", units=_units(passage, granularity), title=title,
                                  granularity=granularity))
     return docs
+
+
+def check_documents(docs: list[Document], control: tuple[str, ...], source: str | Path) -> None:
+    """Refuse documents that spell one of the checkpoint's control tokens (`control_tokens`); read before
+    the model is loaded, they were checked for OneGen's only. The error names the file, the document and
+    the field."""
+    for d in docs:
+        for field_name, value in (("title", d.title), ("text", "".join(d.units))):
+            check_plain_text(value, f"{source}: document {d.id!r}: field '{field_name}'", control)
 
 
 def read_documents(path: str | Path, granularity: str, refused: list[str] | None = None) -> list[Document]:

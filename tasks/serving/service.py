@@ -43,6 +43,7 @@ from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.prompts import question_prompt
 from onegen_core.method.tokens import SPECIAL_TOKENS
 from onegen_core.prepare.labelling import text_windows
+from tasks.serving.corpus import control_tokens
 
 log = logging.getLogger("onegen.serve")
 
@@ -250,6 +251,8 @@ class ModelService:
         self.seg = SegmentTokenizer(copy.deepcopy(self.tokenizer))
         self.vocab_bytes = token_bytes(self.tokenizer)
         self.special_ids = {self.seg.ids[t] for t in SPECIAL_TOKENS} | {self.seg.ids.eos}
+        # every string that would tokenise to a control token: OneGen's and the tokenizer's own
+        self.control = control_tokens(self.tokenizer)
         self.lock = threading.Lock()  # one batch at a time on the model (the engine thread; the CLI)
         self._refreshed = 0.0  # when the tables last looked for a newer version (`refresh_tables`)
         self._problems: dict[tuple[str, int], str | None] = {}  # (table, version) → what is wrong, if anything
@@ -307,9 +310,10 @@ class ModelService:
         if limit is not None and len(value) > limit:
             raise InvalidRequest(param, f"{param}: {len(value)} characters, more than the limit {limit} "
                                         f"(serve.max_text_chars)")
-        for t in SPECIAL_TOKENS:
+        for t in self.control:
             if t in value:
-                raise InvalidRequest(param, f"{param}: contains the special token {t!r}, which only the model writes")
+                whose = "special token" if t in SPECIAL_TOKENS else "tokenizer's control token"
+                raise InvalidRequest(param, f"{param}: contains the {whose} {t!r}, which only the model writes")
         return value
 
     def ask_input(self, question: str, options: AskOptions, param: str = "question",

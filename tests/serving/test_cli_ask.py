@@ -134,6 +134,9 @@ def test_index_add_errors_name_the_line_and_field(capsys, paths, tmp_path):
         ([{"id": "x", "text": ""}], ":1: field 'text': expected a non-empty string"),
         ([{"title": "t", "text": "t"}], ":1: field 'id': expected a non-empty string, got missing"),
         ([{"id": "x", "text": "see [RD] here"}], "field 'text': contains the special token '[RD]'"),
+        # the checkpoint tokenizer's own control token, found once the checkpoint is loaded
+        ([DOCS[0], {"id": "x", "title": "<|endoftext|>", "text": "t"}],
+         "document 'x': field 'title': contains the tokenizer's control token '<|endoftext|>'"),
         ([{"id": "a#1", "text": "x"}], "contains '#'"),
     ]
     for n, (rows, words) in enumerate(cases):
@@ -335,5 +338,9 @@ def test_a_bad_line_of_a_link_jsonl_names_file_line_and_field(capsys, paths, tmp
                      '{"id": 2, "text": "He wrote [RQ] here."}\n')
     err = fails(capsys, "link", "--file", str(texts), *cli_options(paths))
     assert err == f"onegen link: {texts}:2: field 'text': contains the special token '[RQ]'; remove or reword it"
+    texts.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": "Hi <|endoftext|> there"}\n')
+    err = fails(capsys, "link", "--file", str(texts), *cli_options(paths))
+    assert err == (f"onegen link: {texts}:2: field 'text': contains the tokenizer's control token '<|endoftext|>', "
+                   f"which only the model writes")
     texts.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": "  "}\n')
     assert fails(capsys, "link", "--file", str(texts), *cli_options(paths)) == f"onegen link: {texts}:2: field 'text': empty"

@@ -166,6 +166,7 @@ BAD_CHAT = [
      "messages.0.content.0"),
     ({"messages": [{"role": "user", "content": "  "}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": "see [RQ] here"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "Hi<|endoftext|>"}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": "q", "foo": 1}]}, "messages.0.foo"),

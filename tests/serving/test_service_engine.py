@@ -162,6 +162,25 @@ def test_texts_with_special_tokens_or_over_the_limit_are_refused(service):
         service.ask_input("x" * 5000, o, limit=None)  # ...but the model's positions bound every prompt
 
 
+def test_the_tokenizers_own_control_tokens_are_refused_in_questions_and_texts(service):
+    """`<|endoftext|>` spelled in a question would tokenise to the control token itself (one id, not
+    characters) and end or re-open the turn: refused like OneGen's tokens, for every task."""
+    from tasks.serving.corpus import control_tokens
+    from tasks.serving.service import InvalidRequest
+
+    tok = service.tokenizer
+    assert len(tok("<|endoftext|>", add_special_tokens=False)["input_ids"]) == 1  # why: it is one control id
+    assert {"<|endoftext|>", "<|pad|>", "[RQ]", "</MENTION>"} <= set(service.control) == set(control_tokens(tok))
+    o = service.ask_options()
+    for text in ("Who? <|endoftext|>", "a <|pad|> b"):
+        with pytest.raises(InvalidRequest, match="tokenizer's control token") as e:
+            service.ask_input(text, o)
+        assert e.value.param == "question"
+        with pytest.raises(InvalidRequest, match="tokenizer's control token"):
+            service.link_input(text, service.link_options())
+    assert service.ask_input("a <|endoftext| b", o).question  # not the token: plain text
+
+
 # ------------------------------------------------------------------------------ the batching engine
 
 def _job(service, question, kind="ask", deadline_s=60.0, prompt=None):
