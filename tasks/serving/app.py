@@ -42,13 +42,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from onegen_core.config import ServeConfig
 from tasks.serving import openai_api
 from tasks.serving.batching import BatchingEngine, EngineStopped, Job, QueueFull, RequestCancelled, RequestTimeout
+from tasks.serving.http_limits import HEADER_TIMEOUT_S, MAX_HEADER_BYTES, MAX_HEADERS, server_config
 from tasks.serving.service import InvalidRequest, ModelService, elevant_article
 
 log = logging.getLogger("onegen.serve")
 WEBUI = Path(__file__).resolve().parent / "webui" / "index.html"
 PING_SECONDS = 15.0
 _STATUS_TYPE = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+                405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
+                431: "invalid_request_error", 429: "rate_limit_error",
                 499: "client_closed_request", 500: "server_error", 503: "service_unavailable_error",
                 504: "timeout_error"}
 
@@ -170,14 +172,24 @@ class Guard:
     """ASGI middleware in front of every route: the bearer token (when one is configured) on /v1/*
     except /v1/health, and the body size, before any body is read or parsed."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout_s: float = 60.0) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        raw_headers = scope.get("headers") or []
+        # h11 bounds a head that arrives in pieces; one that arrives whole is measured here
+        head_bytes = sum(len(k) + len(v) + 4 for k, v in raw_headers) + len(scope.get("raw_path") or b"") + len(
+            scope.get("query_string") or b"")
+        if len(raw_headers) > MAX_HEADERS or head_bytes > MAX_HEADER_BYTES:
+            resp = error_response(431, f"request head of {len(raw_headers)} headers and {head_bytes} bytes: more than "
+                                       f"{MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes")
+            await resp(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
@@ -201,6 +213,11 @@ class Guard:
             body = await self._bounded_body(receive)
             if body is None:  # the client went away mid-body
                 return
+            if body is _STALLED:
+                resp = error_response(408, f"the request body stopped arriving (nothing for {self.body_timeout_s:g} s; "
+                                           f"serve.request_timeout_s)")
+                await resp(scope, receive, send)
+                return
             if isinstance(body, int):
                 resp = error_response(413, f"request body larger than {self.max_body_bytes} bytes (stopped reading "
                                            f"at {body}; serve.max_text_chars bounds the text)")
@@ -209,11 +226,15 @@ class Guard:
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
-    async def _bounded_body(self, receive) -> bytes | int | None:
-        """The whole body, or the byte count at which it passed the limit, or None on a disconnect."""
+    async def _bounded_body(self, receive) -> bytes | int | object | None:
+        """The whole body, or the byte count at which it passed the limit, or None on a disconnect, or
+        _STALLED when no part of it came for `body_timeout_s` (a client that sent its head and stopped)."""
         chunks, total = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                return _STALLED
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -223,6 +244,9 @@ class Guard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+_STALLED = object()
 
 
 def _replay(body: bytes, receive):
@@ -484,7 +508,8 @@ def create_app(service: ModelService, cfg: ServeConfig, api_key: str | None = No
     app.state.engine = engine
     app.state.service = service
     app.state.routes = routes
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=4 * cfg.max_text_chars + 16_384)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=4 * cfg.max_text_chars + 16_384,
+                       body_timeout_s=cfg.request_timeout_s)
     app.add_exception_handler(RequestValidationError, routes.invalid)
     app.add_exception_handler(InvalidRequest, refused)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -522,7 +547,8 @@ def stream_error(error: BaseException, cfg: ServeConfig) -> dict:
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                    header_timeout_s: float = HEADER_TIMEOUT_S) -> Iterator[str]:
     """Run `app` under uvicorn in a background thread (tests, notebooks, the load bench's reference);
     yields the base URL and shuts the server down (engine included) on exit. Port 0 = a free port,
     bound before uvicorn starts so there is no race for it."""
@@ -531,7 +557,8 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, host, port, header_timeout_s, log_level="warning",
+                                          timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="onegen-api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -360,6 +360,7 @@ def api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from tasks.serving.app import bind_warning, create_app
+    from tasks.serving.http_limits import server_config
     from tasks.serving.service import ModelService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -373,7 +374,7 @@ def api(args: argparse.Namespace) -> None:
         print(f"onegen api: WARNING: {warning}", file=sys.stderr, flush=True)
     service = ModelService(p, checkpoint=checkpoint, index_uri=index)
     app = create_app(service, p.serve, api_key=key or None)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    config = server_config(app, host, port, log_level="info", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     print(f"onegen api: http://{host}:{port}/ (web page), /v1/ask, /v1/link, /v1/health, /v1/info, /docs; "
           f"auth {'on (' + p.serve.api_key_env + ')' if key else 'off'}", file=sys.stderr, flush=True)

@@ -150,8 +150,8 @@ def test_a_stop_string_ends_the_answer_where_the_model_writes_it(client, asked):
 
 
 def test_sampling_with_a_seed_is_repeatable(client):
-    kw = dict(model="onegen", messages=[{"role": "user", "content": DERRICKSON}], temperature=0.9, top_p=0.9,
-              seed=7, max_tokens=24)
+    kw = {"model": "onegen", "messages": [{"role": "user", "content": DERRICKSON}], "temperature": 0.9,
+          "top_p": 0.9, "seed": 7, "max_tokens": 24}
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     assert a.choices[0].message.model_extra["reasoning_content"] == b.choices[0].message.model_extra["reasoning_content"]
 
