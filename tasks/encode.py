@@ -22,6 +22,7 @@ from onegen_core.method.model import OneGenModel
 from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.segments import Document
 from onegen_core.prepare.documents import documents_from_kb, documents_from_multihop, documents_from_passages
+from tasks.adapters.index_contents import set_sources
 from tasks.adapters.index_encoding import encode_table
 from tasks.adapters.lance_index import AnnSettings
 from tasks.adapters.table_lock import writer_lock
@@ -81,6 +82,11 @@ def run(cfg: EncodeConfig, dtype: str = "float32", ray_data: RayDataConfig | Non
         from tasks.adapters.ray_encoding import encode_on_ray
 
         done = encode_on_ray(tables, cfg, ray_data, ray_address, dtype, lm.config.hidden_size, ck)
+    # what each table holds, for `onegen index info` and `GET /v1/info`: the files this stage read
+    set_sources(cfg.uri, cfg.table, [{"source": p, "by": "encode stage"}
+                                     for p in (*cfg.hotpotqa, *cfg.wiki2, *cfg.passages)])
+    if cfg.kb:
+        set_sources(cfg.uri, cfg.kb_table, [{"source": p, "by": "encode stage"} for p in (cfg.kb, cfg.kb_pages) if p])
     report = {"checkpoint_id": ck, "uri": cfg.uri, **done[0].to_dict()}
     if cfg.kb:
         report["kb"] = done[1].to_dict()

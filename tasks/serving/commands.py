@@ -266,6 +266,12 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
                            AnnSettings.from_config(p.encode))
     report["granularity"] = granularity
     report["links_refused"] = refused
+    from tasks.adapters.index_contents import record_source
+    from tasks.adapters.lance_index import LanceIndex
+    from tasks.adapters.table_lock import writer_lock
+
+    with writer_lock(uri, table):  # a read-modify-write of the table's metadata: one writer at a time
+        record_source(LanceIndex(uri, table), str(args.path), report["documents"])
     if args.json:
         _json_line(report, out)
         return
@@ -325,6 +331,7 @@ def index_check(args: argparse.Namespace, repair: bool = False, out: TextIO | No
 def index_info(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call: the stream may be replaced (tests, redirection)
     from onegen_core.method.backbone import checkpoint_id
+    from tasks.adapters.index_contents import contents
     from tasks.adapters.lance_index import LanceIndex, table_names
 
     root, p = _params(args)
@@ -336,7 +343,7 @@ def index_info(args: argparse.Namespace, out: TextIO | None = None) -> None:
     tables = []
     for name in names:
         try:
-            info = LanceIndex(uri, name).info()
+            info = contents(LanceIndex(uri, name))
         except (ValueError, RuntimeError) as e:  # missing table, or not a onegen table
             raise SystemExit(f"onegen index info: {uri}/{name}: {e}") from None
         info["matches_checkpoint"] = None if served is None else info["checkpoint_id"] == served
@@ -350,6 +357,13 @@ def index_info(args: argparse.Namespace, out: TextIO | None = None) -> None:
         match = {True: "matches", False: "DOES NOT MATCH the checkpoint", None: "checkpoint unknown"}[t["matches_checkpoint"]]
         out.write(f"  {t['table']}: {t['rows']} rows ({t['documents']} documents), dim {t['dim']}, "
                   f"{t['index_type']}; encoded by {t['checkpoint_id']} ({match})\n")
+        src = t["sources"]
+        out.write("    sources: " + ("unknown (not recorded when the table was written)" if src is None else
+                                     "; ".join(f"{e['source']} ({e.get('by') or str(e['documents']) + ' documents'})"
+                                               for e in src) or "none") + "\n")
+        ti = t["titles"]
+        out.write(f"    titles: {ti['distinct']} distinct" + (f", most frequent: {', '.join(ti['sample'])}"
+                                                              if ti["sample"] else "") + "\n")
     if not tables:
         out.write("  (no tables)\n")
 

@@ -43,6 +43,7 @@ from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.prompts import question_prompt
 from onegen_core.method.tokens import SPECIAL_TOKENS
 from onegen_core.prepare.labelling import text_windows
+from tasks.adapters.index_contents import contents
 from tasks.serving.corpus import control_tokens
 
 log = logging.getLogger("onegen.serve")
@@ -565,8 +566,8 @@ class ModelService:
                       "architecture": type(lm).__name__,
                       "parameters": sum(p.numel() for p in lm.parameters()), "vocab_size": len(self.tokenizer),
                       "chat_template": self.seg.chat is not None},
-            "index": {"uri": self.index_uri, "units": self.units.info(),
-                      "entities": self.entities.info() if self.entities is not None else None},
+            "index": {"uri": self.index_uri, "units": contents(self.units),
+                      "entities": contents(self.entities) if self.entities is not None else None},
             "defaults": {"ask": {"max_tokens": min(e.max_new_tokens, s.max_new_tokens),
                                  "max_retrievals": e.max_retrievals, "top_k": s.top_k, "temperature": 0.0},
                          "link": {"top_k": s.top_k, "max_retrievals": e.el_max_retrievals,

@@ -170,12 +170,23 @@ def test_index_add_reads_a_folder_of_text_files_and_builds_ann_past_a_size(capsy
     (units_table,) = info["tables"]
     assert units_table["index_type"].startswith("Ivf") and units_table["rows"] == 305
     assert units_table["checkpoint_id"] == info["checkpoint_id"] and units_table["matches_checkpoint"] is True
+    # what the table holds: each add's source, and its titles (the notes' headings and file names; the
+    # 300 untitled notes have none)
+    assert units_table["sources"] == [{"source": str(folder), "documents": 3},
+                                      {"source": str(tmp_path / "many.jsonl"), "documents": 300}]
+    assert units_table["titles"] == {"distinct": 2, "sample": ["Magazines", "b"]}
+    out = onegen(capsys, "index", "info", *opts)
+    assert f"sources: {folder} (3 documents); {tmp_path / 'many.jsonl'} (300 documents)" in out
+    assert "titles: 2 distinct, most frequent: Magazines, b" in out
 
 
 def test_index_info_describes_each_table(capsys, paths):
     out = onegen(capsys, "index", "info", *cli_options(paths))
     assert "units: 10 rows (5 documents), dim 64, exact" in out and "entities: 5 rows (5 documents)" in out
     assert out.count("(matches)") == 2
+    # the tiny project's tables were written by code that records no source: said, not guessed
+    assert out.count("sources: unknown (not recorded when the table was written)") == 2
+    assert "titles: 5 distinct, most frequent: " in out
 
 
 # ------------------------------------------------------------------------------------------ mismatch

@@ -209,6 +209,8 @@ def test_health_and_info(url, service):
     assert info["model"]["architecture"] == "Qwen2ForCausalLM" and info["model"]["parameters"] > 0
     assert info["index"]["units"]["rows"] == 10 and info["index"]["entities"]["rows"] == 5
     assert info["index"]["units"]["checkpoint_id"] == service.checkpoint_id
+    assert info["index"]["units"]["titles"]["distinct"] == 5 and len(info["index"]["units"]["titles"]["sample"]) == 5
+    assert info["index"]["units"]["sources"] is None  # the tiny tables record none
     assert info["defaults"]["ask"] == {"max_tokens": 48, "max_retrievals": 3, "top_k": 3, "temperature": 0.0}
     s = service.params.serve
     assert info["limits"] == {"max_text_chars": s.max_text_chars, "max_tokens": s.max_new_tokens,

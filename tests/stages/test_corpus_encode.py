@@ -70,6 +70,13 @@ def test_encode_stage_resumes(tmp_path, char_tokenizer, tiny_lm, shared_data):
     assert first["units_in_index"] > 20 and first["units_truncated"] == 0
     again = encode.run(cfg)  # nothing left to do
     assert again["documents_encoded_now"] == 0 and again["units_in_index"] == first["units_in_index"]
+    # the table says what it holds: the files this stage read (`onegen index info`)
+    from tasks.adapters.index_contents import contents
+    from tasks.adapters.lance_index import LanceIndex
+
+    held = contents(LanceIndex(cfg.uri, cfg.table))
+    assert held["sources"] == [{"source": p, "by": "encode stage"} for p in (*cfg.hotpotqa, *cfg.wiki2, *cfg.passages)]
+    assert held["sources"] and held["titles"]["distinct"] > 5 and len(held["titles"]["sample"]) == 8
 
 
 @pytest.mark.slow
