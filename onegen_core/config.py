@@ -482,6 +482,9 @@ class ServeConfig:
     top_k: int = _f(3, "retrieved units shown per [RQ] (the top one is pasted) and candidates per linked mention")
     max_top_k: int = _f(20, "largest `top_k` a request may ask for")
     api_key_env: str = _f("ONEGEN_API_KEY", "environment variable holding the bearer token `onegen api` requires when it is set and non-empty (the token itself never goes in params or logs)")
+    link_nil: Literal["auto", "off", "fixed"] = _f("auto", "entity linking abstains (NIL) when the best candidate scores below a threshold: auto = the one the link_threshold stage chose on validation for the served checkpoint (link_threshold_path; none when it was chosen for another checkpoint or not at all, said in the log and /v1/info), fixed = link_min_score, off = always link the nearest entity")
+    link_min_score: float = _f(0.0, "the threshold of link_nil: fixed (cosine, in [-1, 1])", ge=-1.0, le=1.0)
+    link_threshold_path: str = _f("metrics/link_threshold.json", "where the link_threshold stage writes the NIL threshold it chose on validation")
     threads: int = _f(0, "torch intra-op threads of ask/link/api (0 = torch's default, one per core; on a machine shared with another job, fewer threads than cores avoid spinning workers that slow every step)")
 
     def __post_init__(self) -> None:
@@ -496,6 +499,8 @@ class ServeConfig:
             raise ConfigError(f"serve.max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.request_timeout_s <= 0:
             raise ConfigError(f"serve.request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not -1.0 <= self.link_min_score <= 1.0:
+            raise ConfigError(f"serve.link_min_score: {self.link_min_score} is not a cosine (in [-1, 1])")
         if self.top_k > self.max_top_k:
             raise ConfigError(f"serve.top_k ({self.top_k}) must be <= serve.max_top_k ({self.max_top_k})")
         if self.api_key_env and not _ENV_NAME.match(self.api_key_env):

@@ -223,6 +223,9 @@ def link(args: argparse.Namespace, out: TextIO | None = None) -> None:
             if m["entity"]:
                 e = m["entity"]
                 target = f"{e['id']} {e['title']} ({e['score']:.3f})"
+            elif m.get("abstained"):
+                best = m["candidates"][0]
+                target = f"NIL (nearest: {best['id']} {best['title']} {best['score']:.3f} < {service.nil_threshold:.3f})"
             else:
                 target = "not linked (retrieval cap)"
             others = ", ".join(f"{c['id']} {c['title']} {c['score']:.3f}" for c in m["candidates"][1:])

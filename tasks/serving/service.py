@@ -257,6 +257,7 @@ class ModelService:
         self.lock = threading.Lock()  # one batch at a time on the model (the engine thread; the CLI)
         self._refreshed = 0.0  # when the tables last looked for a newer version (`refresh_tables`)
         self._problems: dict[tuple[str, int], str | None] = {}  # (table, version) → what is wrong, if anything
+        self.nil_threshold, self.nil_source = nil_threshold(params.serve, self.checkpoint_id)
         self.load_seconds = time.perf_counter() - t0
         log.info("serving checkpoint %s (%s, %s) with %s/%s%s in %.1f s", self.checkpoint, self.checkpoint_id,
                  self.dtype, self.index_uri, self.units_table,
@@ -457,8 +458,12 @@ class ModelService:
                 i, w = rows[row]
                 s, e = chooser.spans[row][k]
                 top = hits[: items[i][0].options.top_k] if hits else []
-                ent = {"id": top[0].id, "title": top[0].title, "score": round(top[0].score, 6)} if top else None
+                # NIL: the nearest entity is too far (serve.link_nil); its candidates are still shown
+                abstained = bool(top) and self.nil_threshold is not None and top[0].score < self.nil_threshold
+                ent = ({"id": top[0].id, "title": top[0].title, "score": round(top[0].score, 6)}
+                       if top and not abstained else None)
                 return {"start": w.offset + s, "end": w.offset + e, "text": w.text[s:e], "entity": ent,
+                        "abstained": abstained,
                         "candidates": [{"id": h.id, "title": h.title, "score": round(h.score, 6)} for h in top]}
 
             def on_token(b: int, token_id: int) -> None:
@@ -509,6 +514,7 @@ class ModelService:
                 "finish_reason": worst,
                 "counts": {"windows": len(it.windows), "mentions": len(mentions),
                            "linked": sum(m["entity"] is not None for m in mentions),
+                           "abstained": sum(m["abstained"] for m in mentions),
                            "generated_tokens": acc["generated"]},
                 "batch": dict(batch),
             })
@@ -571,11 +577,43 @@ class ModelService:
             "defaults": {"ask": {"max_tokens": min(e.max_new_tokens, s.max_new_tokens),
                                  "max_retrievals": e.max_retrievals, "top_k": s.top_k, "temperature": 0.0},
                          "link": {"top_k": s.top_k, "max_retrievals": e.el_max_retrievals,
-                                  "window_chars": e.el_max_chars}},
+                                  "window_chars": e.el_max_chars, "nil_threshold": self.nil_threshold,
+                                  "nil_threshold_source": self.nil_source}},
             "limits": {"max_text_chars": s.max_text_chars, "max_tokens": s.max_new_tokens, "max_top_k": s.max_top_k,
                        "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue,
                        "request_timeout_s": s.request_timeout_s},
         }
+
+
+def nil_threshold(serve, checkpoint_id: str) -> tuple[float | None, str]:
+    """(the score below which linking abstains, where it comes from) under `serve.link_nil`: auto reads
+    the link_threshold stage's choice when it was made for this checkpoint; otherwise none, and why."""
+    if serve.link_nil == "off":
+        return None, "off (serve.link_nil)"
+    if serve.link_nil == "fixed":
+        return serve.link_min_score, "serve.link_min_score"
+    from pathlib import Path
+
+    path = Path(serve.link_threshold_path)
+    if not path.is_file():
+        why = f"none: {path} does not exist (run `dvc repro link_threshold`)"
+    else:
+        import json
+
+        try:
+            chosen = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            chosen, why = {}, f"none: {path} is not JSON ({e})"
+        else:
+            why = ""
+        if chosen and chosen.get("checkpoint_id") != checkpoint_id:
+            why = (f"none: {path} was chosen for checkpoint {chosen.get('checkpoint_id')}, not {checkpoint_id} "
+                   f"(re-run `dvc repro link_threshold`)")
+        elif chosen:
+            t = chosen.get("threshold")
+            return (float(t) if t is not None else None), f"{path} (validation EL F1 {chosen.get('f1_without', 0):.3f} -> {chosen.get('f1', 0):.3f})"
+    log.info("entity linking never abstains: %s", why)
+    return None, why
 
 
 MAX_STOP = 4  # OpenAI's bound on `stop` strings

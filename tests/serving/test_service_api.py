@@ -184,7 +184,7 @@ def test_link_returns_spans_entities_and_the_elevant_shape(url):
     body = r.json()
     assert set(body) == {"id", "object", "created", "model", "text", "mentions", "finish_reason", "counts", "batch"}
     assert body["object"] == "link" and body["text"] == OBAMA and body["finish_reason"] == "eos"
-    assert body["counts"] == {"windows": 1, "mentions": 2, "linked": 2,
+    assert body["counts"] == {"windows": 1, "mentions": 2, "linked": 2, "abstained": 0,
                               "generated_tokens": body["counts"]["generated_tokens"]}
     assert [(m["start"], m["end"], m["text"], m["entity"]["id"]) for m in body["mentions"]] == \
            [(0, 5, "Obama", "Q76"), (18, 26, "Honolulu", "Q18094")]

@@ -123,7 +123,39 @@ def test_link_marks_spans_with_offsets_and_top_k_candidates(service):
     assert spans == [(0, 5, "Obama"), (18, 26, "Honolulu")]
     assert [m["entity"]["id"] for m in res["mentions"]] == ["Q76", "Q18094"]
     assert all(len(m["candidates"]) == 2 and m["candidates"][0]["id"] == m["entity"]["id"] for m in res["mentions"])
-    assert res["counts"] == {"windows": 1, "mentions": 2, "linked": 2, "generated_tokens": res["counts"]["generated_tokens"]}
+    assert res["counts"] == {"windows": 1, "mentions": 2, "linked": 2, "abstained": 0,
+                             "generated_tokens": res["counts"]["generated_tokens"]}
+
+
+def test_linking_abstains_below_the_nil_threshold(service, tmp_path):
+    """A mention whose nearest entity scores below the threshold is NIL, its candidates still shown; the
+    threshold comes from serve.link_nil: fixed, or auto from the link_threshold stage's file only when
+    it was chosen for the served checkpoint."""
+    import json
+
+    from tasks.serving.service import ModelService, nil_threshold
+
+    paths = {"checkpoint": service.checkpoint, "index": service.index_uri}
+    (res,) = _link(service, [OBAMA], top_k=2)
+    scores = [m["entity"]["score"] for m in res["mentions"]]  # Obama, Honolulu
+    cut = (min(scores) + max(scores)) / 2
+    picky = ModelService(tiny_params(paths, link_nil="fixed", link_min_score=cut))
+    (res2,) = _link(picky, [OBAMA], top_k=2)
+    low = scores.index(min(scores))
+    assert [m["abstained"] for m in res2["mentions"]] == [k == low for k in range(2)]
+    assert res2["mentions"][low]["entity"] is None and res2["mentions"][low]["candidates"][0]["score"] == min(scores)
+    assert res2["mentions"][1 - low]["entity"] == res["mentions"][1 - low]["entity"]
+    assert res2["counts"]["abstained"] == 1 and res2["counts"]["linked"] == 1
+    # auto: the stage's file counts only for the checkpoint it was chosen for
+    f = tmp_path / "link_threshold.json"
+    s = tiny_params(paths, link_threshold_path=str(f)).serve
+    assert nil_threshold(s, service.checkpoint_id)[0] is None  # no file: never abstains, and says why
+    f.write_text(json.dumps({"checkpoint_id": "someone-else", "threshold": 0.5}))
+    t, why = nil_threshold(s, service.checkpoint_id)
+    assert t is None and "someone-else" in why
+    f.write_text(json.dumps({"checkpoint_id": service.checkpoint_id, "threshold": 0.25, "f1": 0.6, "f1_without": 0.5}))
+    assert nil_threshold(s, service.checkpoint_id)[0] == 0.25
+    assert nil_threshold(tiny_params(paths, link_nil="off").serve, service.checkpoint_id)[0] is None
 
 
 def test_long_texts_are_linked_window_by_window_with_article_offsets(service):

@@ -114,3 +114,47 @@ def test_evaluate_on_ray_gives_the_local_metrics(tmp_path, monkeypatch, char_tok
     run's predictions and metrics: greedy decoding of the same batches."""
     evaluate_locally_and_on_ray(tmp_path, monkeypatch, char_tokenizer, tiny_lm, small_inputs,
                                 {"ray_data.actors_min": 2, "ray_data.actors_max": 2})
+
+
+@pytest.mark.slow
+def test_link_threshold_stage_chooses_on_the_label_stages_validation_windows(tmp_path, monkeypatch, char_tokenizer,
+                                                                             tiny_lm, small_inputs):
+    """The stage rebuilds the held-back entity-linking windows from their training articles as the label
+    stage cut them, links them with the checkpoint, and writes the validation-optimal NIL threshold for
+    that checkpoint; a validation file without such windows is an error naming it."""
+    pytest.importorskip("lancedb")
+    from onegen_core.config import EncodeConfig, load_params
+    from onegen_core.data import load_elevant
+    from onegen_core.method.backbone import checkpoint_id, save_checkpoint
+    from onegen_core.prepare.labelling import text_windows
+    from tasks import encode, link_threshold
+
+    monkeypatch.chdir(tmp_path)
+    s = small_inputs
+    ckpt = save_checkpoint(tiny_lm, char_tokenizer, tmp_path / "ckpt", {"tokenizer": "char"})
+    encode.run(EncodeConfig(checkpoint=str(ckpt), uri=str(tmp_path / "idx"), hotpotqa=[str(s["hot"])], kb=str(s["kb"]),
+                            max_doc_length=4096, report_path=str(tmp_path / "enc.json")))
+    prepared, label = tmp_path / "prepared", tmp_path / "label"
+    prepared.mkdir()
+    label.mkdir()
+    (prepared / "kb.jsonl").write_text(s["kb"].read_text())
+    arts = load_elevant(s["el"])
+    (prepared / "el_split.json").write_text(json.dumps({"benchmarks": {"train": [arts[0].benchmark], "eval": []}}))
+    # one held-back window per article: the first, as the label stage cuts it (around linkable mentions)
+    val = [{"id": f"{a.key}@{text_windows(a.text, [lb.span for lb in a.top_level_labels()], 300)[0][0]}",
+            "task": "entity_linking"} for a in arts]
+    (label / "val.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val))
+    out = tmp_path / "metrics" / "link_threshold.json"
+    p = load_params(ROOT / "params.yaml", {
+        "profile": "tiny", "evaluate.checkpoint": str(ckpt), "evaluate.index_uri": str(tmp_path / "idx"),
+        "evaluate.el_max_retrievals": 6, "label.el_max_chars": 300, "label.out_dir": str(label),
+        "prepare.out_dir": str(prepared), "prepare.elevant": [str(s["el"])], "serve.link_threshold_path": str(out)})
+    report = link_threshold.run(p)
+    saved = json.loads(out.read_text())
+    assert saved["checkpoint_id"] == checkpoint_id(ckpt) == report["checkpoint_id"]
+    assert saved["windows"] == len(arts) and sum(saved["finish"].values()) == len(arts)
+    assert saved["f1"] >= saved["f1_without"] and saved["linked"] >= saved["abstained"] >= 0
+    assert saved["threshold"] is None or saved["threshold"] in [c["threshold"] for c in saved["curve"]]
+    (label / "val.jsonl").write_text(json.dumps({"id": "x", "task": "multihop"}) + "\n")
+    with pytest.raises(ValueError, match="no entity-linking example"):
+        link_threshold.run(p)
