@@ -2,7 +2,7 @@
 
 - each core subpackage imports only from those below it, and the core imports nothing of the project's
   other layers;
-- `tasks/` is split by role: the six DVC stage modules (and their shared command-line kit) directly in
+- `tasks/` is split by role: the DVC stage modules (and their shared command-line kit) directly in
   `tasks/`, framework adapters in `tasks/adapters/`, reports in `tasks/report/`, the model service in
   `tasks/serving/`; stages → adapters → core, serving → adapters → core, and nothing imports a stage;
 - no module reaches into another's private names;
@@ -25,7 +25,7 @@ ALLOWED = {
     "inference": {"method"},
     "evaluation": {"method", "data", "prepare", "inference", "training"},
 }
-STAGE_MODULES = {"prepare", "annotate", "label", "train", "encode", "evaluate"}
+STAGE_MODULES = {"prepare", "annotate", "label", "train", "encode", "evaluate", "link_threshold"}
 STAGE_KIT = "stage_common"
 # role of a module under tasks/ -> the roles of tasks/ it may import (onegen_core is always allowed)
 TASK_LAYERS = {
