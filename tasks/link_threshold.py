@@ -27,6 +27,7 @@ from onegen_core.evaluation.nil_threshold import choose_threshold
 from onegen_core.inference.index import check_checkpoint
 from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.precision import resolve_inference_dtype
+from onegen_core.prepare.data_text import escape_data_text
 from onegen_core.prepare.labelling import text_windows
 from tasks.stage_common import stage_params, write_json
 
@@ -67,7 +68,8 @@ def validation_windows(p: Params) -> tuple[list[ElevantArticle], list[Window]]:
                              f"(label.el_max_chars changed since the label stage ran?)")
         sub = dataclasses.replace(a, id=f"{a.id}@{start}", evaluation_span=(start, cut[start]))
         articles.append(sub)
-        windows.append(Window(f"{article_key(sub)}@{start}", article_key(sub), start, a.text[start:cut[start]]))
+        windows.append(Window(f"{article_key(sub)}@{start}", article_key(sub), start,
+                              escape_data_text(a.text[start:cut[start]])))  # as `windows_of` escapes
     return articles, windows
 
 

@@ -34,6 +34,7 @@ from onegen_core.inference.generation import EngineStats, RetrievalPolicy, gener
 from onegen_core.inference.index import VectorIndex
 from onegen_core.inference.token_bytes import token_bytes
 from onegen_core.method.encoding import SegmentTokenizer, encode_example
+from onegen_core.prepare.data_text import escape_data_text
 from onegen_core.prepare.entity_linking import Mention, reconstruct_entity_linking
 from onegen_core.prepare.labelling import text_windows
 
@@ -82,12 +83,13 @@ def held_out_articles(paths: Sequence[str], benchmarks: Collection[str], max_art
 
 def windows_of(articles: Sequence[ElevantArticle], max_chars: int) -> list[Window]:
     """Windows as training cut them, except that no gold span steers the cut (evaluation must not
-    see gold boundaries)."""
+    see gold boundaries). Their text is escaped as training escaped its articles (`escape_data_text`:
+    one character for one, so offsets into the window are offsets into the article)."""
     out = []
     for a in articles:
         for s, e in text_windows(a.text, [], max_chars):
             if a.text[s:e].strip():
-                out.append(Window(f"{article_key(a)}@{s}", article_key(a), s, a.text[s:e]))
+                out.append(Window(f"{article_key(a)}@{s}", article_key(a), s, escape_data_text(a.text[s:e])))
     return out
 
 

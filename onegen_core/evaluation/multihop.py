@@ -28,6 +28,7 @@ from onegen_core.inference.index import VectorIndex
 from onegen_core.method.encoding import SegmentTokenizer
 from onegen_core.method.prompts import QUESTION_PREFIX, chat_wrapper, question_prompt
 from onegen_core.method.tokens import FINAL_CLOSE, FINAL_OPEN, PARAGRAPH_CLOSE, SPECIAL_TOKENS
+from onegen_core.prepare.data_text import escape_control_tokens
 from onegen_core.prepare.multihop import paragraph_document, paragraph_id, positive_units
 
 Setting = Literal["distractor", "open"]
@@ -234,7 +235,8 @@ def evaluate_multihop(
     rows: list[dict] = []
     for i in range(0, len(records), batch_size):
         batch = list(records[i:i + batch_size])
-        prompts = [tok.prompt(question_prompt(r.question)) for r in batch]
+        # data text, escaped as training escaped it (the prompt escapes OneGen's tokens; control tokens here)
+        prompts = [tok.prompt(question_prompt(escape_control_tokens(r.question))) for r in batch]
         allowed = [gold_of(r).candidates for r in batch] if setting == "distractor" else None
         results = generate(model, tokenizer, prompts, index, policy, checkpoint_id=checkpoint_id,
                            allowed=allowed, query_encoder=query_encoder, stats=stats, compact=compact)

@@ -5,7 +5,8 @@ a corpus never becomes one more [RD] vector, and what the index stores and paste
 from __future__ import annotations
 
 from onegen_core.data.multihop import Paragraph
-from onegen_core.method.segments import Document, escape_special_tokens
+from onegen_core.method.segments import Document
+from onegen_core.prepare.data_text import escape_data_text
 from onegen_core.prepare.multihop import paragraph_document
 from onegen_core.prepare.sentences import split_sentences
 
@@ -36,6 +37,6 @@ def documents_from_passages(passages, granularity: str) -> list[Document]:
 def documents_from_kb(entities) -> list[Document]:
     """Entities as training's entity-linking documents: `{title}: {description} [RD]`, id = entity id,
     text escaped as training escapes it (`escape_special_tokens`)."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     return [Document(id=e.id, units=(esc(e.description),), title=esc(e.title), granularity="document")
             for e in entities]

@@ -20,9 +20,9 @@ from onegen_core.method.segments import (
     Segment,
     Text,
     TrainingExample,
-    escape_special_tokens,
 )
 from onegen_core.method.tokens import CON, MENTION_CLOSE, MENTION_OPEN
+from onegen_core.prepare.data_text import escape_data_text
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def escape_article(article: ElevantArticle) -> ElevantArticle:
     """The article with its text, title and label names escaped (`escape_special_tokens`). The escape
     replaces one character by one, so every label's span still marks the same mention. The label stage
     escapes each article before reconstruction, which rejects a special token in data text."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     return replace(article, text=esc(article.text), title=esc(article.title),
                    labels=tuple(replace(lb, name=esc(lb.name)) for lb in article.labels))
 
@@ -72,7 +72,7 @@ def reconstruct_entity_linking(
         queries.append(Query(qid, (m.entity_id,), tuple(n for n in m.negatives if n != m.entity_id)))
         cursor = m.end
     segments.append(Text(text[cursor:], generated=True))
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     documents = tuple(
         Document(id=eid, units=(esc(entities[eid][1]),), title=esc(entities[eid][0]), granularity="document")
         for eid in needed

@@ -34,10 +34,10 @@ from onegen_core.method.segments import (
     Segment,
     Text,
     TrainingExample,
-    escape_special_tokens,
     sentence_unit_id,
 )
 from onegen_core.method.tokens import FINAL_CLOSE, FINAL_OPEN, LOC_CLOSE, LOC_OPEN
+from onegen_core.prepare.data_text import escape_data_text
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def escape_record(record: MultiHopRecord) -> MultiHopRecord:
     """The record with every text field escaped (`escape_special_tokens`): question, answer, titles (in
     the context and the supporting facts alike), sentences, evidences. The label stage escapes each
     record before reconstruction, which rejects a special token it finds in data text."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     return replace(
         record,
         question=esc(record.question),
@@ -68,7 +68,7 @@ def escape_record(record: MultiHopRecord) -> MultiHopRecord:
 def escape_hop(hop: Hop) -> Hop:
     """A hop of a decomposition with its title and texts escaped like `escape_record`'s (an LLM's
     sub-question is data text too)."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     return replace(hop, title=esc(hop.title),
                    sub_question=None if hop.sub_question is None else esc(hop.sub_question),
                    sub_answer=None if hop.sub_answer is None else esc(hop.sub_answer))
@@ -95,7 +95,7 @@ def paragraph_document(p: Paragraph, granularity: str) -> Document:
     """The paragraph as a document; its text is escaped (`escape_special_tokens`: a literal [RD] in a
     sentence must not become one more [RD]), its id is the paragraph's own (`paragraph_id`), so the id
     of a passage is the same whoever builds the document."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     units = tuple(esc(s) for s in p.sentences) if granularity == "sentence" else (esc(p.text()),)
     return Document(id=paragraph_id(p), units=units, title=esc(p.title), granularity=granularity)
 

@@ -33,9 +33,9 @@ from onegen_core.method.segments import (
     Segment,
     Text,
     TrainingExample,
-    escape_special_tokens,
 )
 from onegen_core.method.tokens import PARAGRAPH_CLOSE, PARAGRAPH_OPEN
+from onegen_core.prepare.data_text import escape_data_text
 from onegen_core.prepare.skips import Skips
 
 __all__ = [
@@ -65,7 +65,7 @@ def escape_selfrag(example: SelfRagExample) -> SelfRagExample:
     """The record with its data text escaped (`escape_special_tokens`): instruction, input, answer text
     and passages; reflection tokens are the format's structure and stay. The label stage escapes each
     record before reconstruction, which rejects a special token in data text."""
-    esc = escape_special_tokens
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
 
     def seg(s):
         if isinstance(s, SelfRagText):
@@ -103,7 +103,7 @@ def passage_document(text: str, doc_id: str | None = None) -> Document:
     """A passage as a document-granularity ``Document`` (id :func:`passage_id` unless given); positives
     and negatives go through this one function so no formatting difference tells them apart."""
     title, body = _split_passage(text)
-    esc = escape_special_tokens  # a document is data text: escaped whoever builds it
+    esc = escape_data_text  # OneGen's tokens and the tokenizers' control tokens
     return Document(id=doc_id or passage_id(text), units=(esc(body),), title=esc(title), granularity="document")
 
 
