@@ -7,6 +7,7 @@ the Ray of `distributed.ray_address`: tasks/adapters/ray_encoding.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -57,7 +58,10 @@ def kb_entities(cfg: EncodeConfig) -> list[Entity]:
     for n, page in enumerate(pages, start=1):
         if page.id in ids:
             raise DataError(cfg.kb_pages, f"entry {n}", "id", f"{page.id!r} is already an entity of {cfg.kb}")
-    log.info("entity table: %d KB entities + %d pages (%s)", len(entities), len(pages), cfg.kb_pages)
+    if not cfg.kb_pages_descriptions:  # title alone, as the trained KB entries are (encode.kb_pages_descriptions)
+        pages = [dataclasses.replace(page, description="") for page in pages]
+    log.info("entity table: %d KB entities + %d pages (%s, %s)", len(entities), len(pages), cfg.kb_pages,
+             "with their passages" if cfg.kb_pages_descriptions else "titles alone")
     return entities + pages
 
 

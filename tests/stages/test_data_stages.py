@@ -190,6 +190,11 @@ def test_encode_appends_the_pages_to_the_kb_and_refuses_an_id_in_both(tmp_path):
     write_kb(tmp_path / "pages.jsonl", [Entity("page:Two", "Two", "second")])
     cfg = EncodeConfig(kb=str(tmp_path / "kb.jsonl"), kb_pages=str(tmp_path / "pages.jsonl"))
     assert [e.id for e in kb_entities(cfg)] == ["Q1", "page:Two"]
+    # a page is encoded as its title alone, like the trained KB entries, unless its passage is asked for
+    assert [e.description for e in kb_entities(cfg)] == ["first", ""]
+    with_text = EncodeConfig(kb=str(tmp_path / "kb.jsonl"), kb_pages=str(tmp_path / "pages.jsonl"),
+                             kb_pages_descriptions=True)
+    assert [e.description for e in kb_entities(with_text)] == ["first", "second"]
     assert [e.id for e in kb_entities(EncodeConfig(kb=str(tmp_path / "kb.jsonl")))] == ["Q1"]
     write_kb(tmp_path / "pages.jsonl", [Entity("page:Two", "Two", "second"), Entity("Q1", "One", "again")])
     with pytest.raises(DataError, match=r"pages.jsonl: record entry 2: field 'id': 'Q1' is already an entity"):
