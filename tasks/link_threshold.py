@@ -19,6 +19,8 @@ import logging
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from onegen_core.config import BackboneConfig, Params
 from onegen_core.data.elevant import ElevantArticle, load_elevant
 from onegen_core.data.kb import load_kb
@@ -85,8 +87,12 @@ def run(p: Params) -> dict:
     ck = checkpoint_id(cfg.checkpoint)
     kb = LanceIndex(cfg.index_uri, cfg.kb_table)
     check_checkpoint(kb, ck)
-    log.info("linking %d validation windows of %d articles", len(windows), len({a.benchmark for a in articles}))
-    preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.el_batch_size, ck)
+    log.info("linking %d validation windows of %d articles", len(windows), len({w.article.rpartition("@")[0]
+                                                                                for w in windows}))
+    bar = tqdm(total=len(windows), desc="link validation windows", unit="window")
+    preds, finish = link_windows(lm, tok, windows, kb, cfg.el_max_retrievals, cfg.el_batch_size, ck,
+                                 on_batch=bar.update)
+    bar.close()
     chosen = choose_threshold(articles, preds)
     report = {"checkpoint_id": ck, "threshold": chosen["threshold"], "chosen_on": "validation windows (label val.jsonl)",
               "windows": len(windows), "finish": dict(finish), **{k: v for k, v in chosen.items() if k != "threshold"},

@@ -50,10 +50,11 @@ def test_the_readme_prose_holds_on_the_committed_metrics():
     mh = ev["multihop"]
     r1 = lambda ds, st, s: mh[ds][st][s]["recall_at_1_subquery"]  # noqa: E731
     sets = [(ds, st) for ds in ("hotpotqa", "2wiki") for st in ("distractor", "open")]
-    # Retrieval: HotpotQA distractor level with MiniLM (under a point apart) and ahead of BM25; open behind both
-    assert abs(r1("hotpotqa", "distractor", "onegen") - r1("hotpotqa", "distractor", "minilm")) < 0.01
+    # Retrieval: on HotpotQA MiniLM ahead of OneGen in both settings; OneGen ahead of BM25 (distractor), behind (open)
+    for st in ("distractor", "open"):
+        assert r1("hotpotqa", st, "minilm") > r1("hotpotqa", st, "onegen")
     assert r1("hotpotqa", "distractor", "onegen") > r1("hotpotqa", "distractor", "bm25")
-    assert r1("hotpotqa", "open", "onegen") < min(r1("hotpotqa", "open", "minilm"), r1("hotpotqa", "open", "bm25"))
+    assert r1("hotpotqa", "open", "onegen") < r1("hotpotqa", "open", "bm25")
     # 2Wiki: level with BM25 and ahead of MiniLM (distractor), ahead of both (open); 10 questions
     assert r1("2wiki", "distractor", "onegen") == pytest.approx(r1("2wiki", "distractor", "bm25"))
     assert r1("2wiki", "distractor", "onegen") > r1("2wiki", "distractor", "minilm")
@@ -67,13 +68,15 @@ def test_the_readme_prose_holds_on_the_committed_metrics():
             assert one["em"] == bm25["em"] == mh[ds][st]["minilm"]["em"] == 0
         else:
             assert bm25["em"] > one["em"], (ds, st)
-    # Against MiniLM: ahead on HotpotQA by one question (4 vs 3 of 50, 3 vs 2 of 50), F1 below it on 2Wiki
-    assert question_counts(mh["hotpotqa"]["distractor"]["onegen"]) == (4, 50)
-    assert question_counts(mh["hotpotqa"]["distractor"]["minilm"]) == (3, 50)
+    # Against MiniLM on HotpotQA: one question more in the open setting (3 vs 2 of 50), one fewer in the
+    # distractor one (4 vs 5); F1 below MiniLM's everywhere but HotpotQA open
     assert question_counts(mh["hotpotqa"]["open"]["onegen"]) == (3, 50)
     assert question_counts(mh["hotpotqa"]["open"]["minilm"]) == (2, 50)
-    for st in ("distractor", "open"):
-        assert mh["2wiki"][st]["onegen"]["f1"] < mh["2wiki"][st]["minilm"]["f1"]
+    assert question_counts(mh["hotpotqa"]["distractor"]["onegen"]) == (4, 50)
+    assert question_counts(mh["hotpotqa"]["distractor"]["minilm"]) == (5, 50)
+    for ds, st in sets:
+        one, mini = mh[ds][st]["onegen"]["f1"], mh[ds][st]["minilm"]["f1"]
+        assert (one > mini) == ((ds, st) == ("hotpotqa", "open")), (ds, st)
     # Entity disambiguation behind both mention-text baselines
     ed = {s: b["all"]["ed"]["f1"] for s, b in ev["entity_linking"]["systems"].items()}
     assert ed["onegen"] < min(ed["minilm"], ed["bm25"])

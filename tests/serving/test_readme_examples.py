@@ -195,12 +195,13 @@ def test_the_example_question_is_held_out_so_the_default_index_holds_its_passage
 
 def test_the_example_texts_entities_are_in_the_default_entity_table(default_prepared):
     readme = (ROOT / "docs" / "SERVING.md").read_text(encoding="utf-8")
-    block = readme.split("The terminal output:", 1)[1].split("```")[1]
-    linked = re.findall(r"-> (\S+) ", block)
+    block = readme.split("hidden state searches `entities`. The terminal output", 1)[1].split("```")[1]
+    first = block.strip().splitlines()[0]  # the text marked up: [span](entity id), `?` for NIL
+    linked = [i for i in re.findall(r"\]\(([^)]*)\)", first) if i != "?"]
     assert linked, "the SERVING.md link output shows no linked entity"
     ids = {json.loads(x)["id"] for f in ("kb.jsonl", "kb_pages.jsonl")
            for x in (default_prepared / f).read_text().splitlines()}
     assert set(linked) <= ids, set(linked) - ids
     # the output shown is the README's own example text, marked up
-    shown = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", block.strip().splitlines()[0])
+    shown = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", first)
     assert shown == _example("link")
