@@ -1,4 +1,4 @@
-"""Shared set-up of the serving tests (no tests here): the tiny trained checkpoint and its LanceDB index,
+"""Shared set-up of the serving tests (no tests here; fixtures `paths` and `service`): the tiny trained checkpoint and its LanceDB index,
 built once per test session (`tasks.serving.tiny`, ~10 s on one core) and reused by every module, and
 the params that point the service at them (`profile: tiny`, as the other stage tests)."""
 from __future__ import annotations
@@ -51,6 +51,21 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """The tiny project's paths, for a module's tests (built once per session)."""
+    with one_thread():
+        return tiny_project(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def service(paths):
+    """A `ModelService` over the tiny project, one per module."""
+    from tasks.serving.service import ModelService
+
+    return ModelService(tiny_params(paths))
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving.conftest import ARTHUR, DERRICKSON, OBAMA, cli_options, one_thread, tiny_project
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    with one_thread():
-        return tiny_project(tmp_path_factory)
+from tests.serving.conftest import ARTHUR, DERRICKSON, OBAMA, cli_options
 
 
 def onegen(capsys, *argv: str) -> str:

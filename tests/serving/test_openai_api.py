@@ -8,23 +8,10 @@ import json
 
 import pytest
 
-from tests.serving.conftest import ARTHUR, DERRICKSON, one_thread, tiny_params, tiny_project
+from tests.serving.conftest import ARTHUR, DERRICKSON, tiny_params
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    with one_thread():
-        return tiny_project(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def service(paths):
-    from tasks.serving.service import ModelService
-
-    return ModelService(tiny_params(paths))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving.conftest import ARTHUR, OBAMA, cli_options, one_thread, tiny_project
+from tests.serving.conftest import ARTHUR, OBAMA, cli_options
 
 httpx = pytest.importorskip("httpx")
 DOCS = [ROOT / "README.md", ROOT / "docs" / "SERVING.md"]
@@ -54,12 +54,6 @@ def example_commands() -> list[tuple[str, str]]:
 def test_the_documents_have_examples_of_every_command():
     verbs = {shlex.split(c.split("onegen ", 1)[1])[0] for _, c in example_commands()}
     assert verbs >= {"ask", "link", "index", "api"}
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    with one_thread():
-        return tiny_project(tmp_path_factory)
 
 
 @pytest.fixture()

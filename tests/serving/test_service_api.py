@@ -21,22 +21,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.serving.conftest import ARTHUR, DERRICKSON, OBAMA, PARIS, assert_same_answer, one_thread, tiny_params, tiny_project
+from tests.serving.conftest import ARTHUR, DERRICKSON, OBAMA, PARIS, assert_same_answer, tiny_params
 
 httpx = pytest.importorskip("httpx")
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    with one_thread():
-        return tiny_project(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def service(paths):
-    from tasks.serving.service import ModelService
-
-    return ModelService(tiny_params(paths))
 
 
 @contextmanager
@@ -669,11 +656,11 @@ def test_documents_added_while_the_server_runs_are_served_without_a_restart(path
     retrieves from them, with no restart."""
     import shutil
 
+    import numpy as np
+
     from flows.cli import main
     from tasks.serving.service import ModelService
     from tests.serving.conftest import cli_options
-
-    import numpy as np
 
     index = tmp_path / "index"
     shutil.copytree(paths["index"], index)
