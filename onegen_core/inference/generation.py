@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from onegen_core.inference.index import Hit, VectorIndex, check_checkpoint
+from onegen_core.method.control_tokens import ControlTokenEscape
 from onegen_core.method.prompts import paste_paragraph
 from onegen_core.method.tokens import SpecialTokenIds
 
@@ -173,6 +174,9 @@ class _Decoding:
     query_encoder: Callable[[list[int], int], np.ndarray] | None
     # guessed tokens are checked against the greedy choice, so drafting needs greedy decoding
     drafting: bool
+    # a pasted passage is data text: the backbone's control tokens in it are escaped, as training's
+    # `SegmentTokenizer` escaped them in the passages it pasted
+    escape: ControlTokenEscape
 
 
 @torch.no_grad()
@@ -215,7 +219,8 @@ def generate(
     lm, decoder, head = _lm_and_decoder(model)
     device = next(lm.parameters()).device
     d = _Decoding(tokenizer, policy, ids, torch.Generator().manual_seed(policy.seed), choose, hooks, query_encoder,
-                  drafting=policy.draft_tokens > 0 and not policy.do_sample and callable(getattr(choose, "draft", None)))
+                  drafting=policy.draft_tokens > 0 and not policy.do_sample and callable(getattr(choose, "draft", None)),
+                  escape=ControlTokenEscape.for_tokenizer(tokenizer))
     rows = [_Row(seq=list(p), n_prompt=len(p)) for p in _prompt_ids(tokenizer, prompts)]
     if any(r.n_prompt == 0 for r in rows):
         raise ValueError("empty prompt")
@@ -335,7 +340,7 @@ def _paste_hits(d: _Decoding, rows: list[_Row], queries: list[tuple[int, np.ndar
         if d.policy.mode == "rag":
             if row_hits:
                 r.pasted.add(row_hits[0].doc_id)
-            paste = d.tokenizer(d.policy.paste(row_hits[0] if row_hits else None), add_special_tokens=False)
+            paste = d.tokenizer(d.escape(d.policy.paste(row_hits[0] if row_hits else None)), add_special_tokens=False)
             r.pending, r.injecting = list(paste["input_ids"]), True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from onegen_core.method.control_tokens import ControlTokenEscape
 from onegen_core.method.segments import Document, Retrieval, Role, Text, TrainingExample, escape_special_tokens
 from onegen_core.method.tokens import SpecialTokenIds
 
@@ -31,6 +32,11 @@ class EncodedSequence:
 class SegmentTokenizer:
     """Tokenises segment texts without special-token insertion, caching repeated strings.
 
+    Segment texts are data (with OneGen's markup where the structure puts it): the backbone tokenizer's
+    own control tokens spelled in them (SmolLM2's `<filename>`, Llama 2's `[INST]`) are escaped first
+    (`ControlTokenEscape`), so a passage cannot close the chat turn or end the sequence; only the chat
+    template's text keeps its control tokens. Text that spells none is tokenised exactly as before.
+
     The cache is keyed by text and lives with one tokenizer object only (never pickled to disk), so it
     cannot serve ids from another tokenizer: a bug of the upstream code.
     """
@@ -46,15 +52,21 @@ class SegmentTokenizer:
         from onegen_core.method.prompts import chat_wrapper
 
         self.chat = chat_wrapper(tokenizer)
+        self.escape = ControlTokenEscape.for_tokenizer(tokenizer)
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, text: str) -> list[int]:
+        """The ids of data text, the backbone's control tokens in it escaped."""
         ids = self._cache.get(text)
         if ids is None:
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids = self._raw(self.escape(text))
             if len(self._cache) < 200_000:
                 self._cache[text] = ids
         return ids
+
+    def _raw(self, text: str) -> list[int]:
+        """The ids of template text (the chat wrapper), whose control tokens are meant."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prefix(self) -> list[int]:
         return [self.ids.bos] if self.add_bos else []
@@ -63,13 +75,13 @@ class SegmentTokenizer:
         """The ids of a sequence that starts with the prompt `text`: inside the chat template (user turn,
         then the assistant header) when the tokenizer has one, else after the BOS the model expects.
         The prompt is data text (a question, an article): a special token spelled in it is escaped
-        (`escape_special_tokens`), at inference exactly as in training."""
+        (`escape_special_tokens`, then the backbone's control tokens), at inference exactly as in training."""
         text = escape_special_tokens(text)
         if self.chat is None:
             return self.prefix() + self(text)
         before, after = self.chat
         bos = self.prefix() if self.add_bos and not before.startswith(self.tokenizer.bos_token or "\x00") else []
-        return bos + self(before) + self(text) + self(after)
+        return bos + self._raw(before) + self(text) + self._raw(after)
 
 
 def _finish(

@@ -6,10 +6,11 @@ A tokenizer turns its own special tokens into control ids wherever they are spel
 The control tokens of Qwen2 (the paper's backbones), SmolLM2, Llama 3 and Phi-3 share one spelling,
 `<|name|>`; each is escaped the way OneGen's tokens are, its first character replaced by the full-width
 look-alike (`<|im_end|>` -> `＜|im_end|>`): one character for one, so spans into the text stay valid,
-readable, idempotent, and matching no added token. Control tokens spelled otherwise (Llama 2's `<s>`,
-`</s>`, `[INST]`) are not escaped here: the `<s>` of an HTML strike-through is ordinary text for most
-tokenizers. The served model's exact set is refused at the API (`tasks/serving/corpus.py`
-`control_tokens`), whatever its spelling.
+readable, idempotent, and matching no added token. Control tokens spelled otherwise (SmolLM2's
+`<filename>`, Llama 2's `<s>`, `[INST]`) are not escaped here, where no tokenizer is known (the `<s>` of
+an HTML strike-through is ordinary text for most tokenizers): `SegmentTokenizer` escapes the backbone's
+exact set when it tokenises data text (`onegen_core/method/control_tokens.py`), and the server refuses
+it in requests.
 """
 from __future__ import annotations
 

@@ -244,10 +244,11 @@ def index_add(args: argparse.Namespace, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call: the stream may be replaced (tests, redirection)
     from onegen_core.config import LossConfig
     from onegen_core.method.collator import OneGenCollator
+    from onegen_core.method.control_tokens import control_tokens
     from onegen_core.method.model import OneGenModel
     from onegen_core.method.precision import resolve_inference_dtype
     from tasks.adapters.lance_index import AnnSettings
-    from tasks.serving.corpus import add_documents, check_documents, control_tokens, read_documents
+    from tasks.serving.corpus import add_documents, check_documents, read_documents
     from tasks.serving.service import load_model
 
     root, p = _params(args)

@@ -45,17 +45,6 @@ class DuplicateIdError(CorpusError):
     """Documents whose ids are already stored with other content (and `--update` was not given)."""
 
 
-def control_tokens(tokenizer) -> tuple[str, ...]:
-    """Every string the tokenizer turns into a control token when it appears in text: its special tokens
-    (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>` for ChatML-style ones) and every added token marked
-    special (OneGen's among them), longest first. A user's text spelling one would become the token
-    itself: `<|im_end|>` closes the chat turn the question sits in."""
-    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    found |= {a.content for a in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(a, "special", False)}
-    found |= set(SPECIAL_TOKENS)
-    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
-
-
 def check_plain_text(value: str, where: str, control: tuple[str, ...] = SPECIAL_TOKENS) -> None:
     """Refuse text that spells a special token: tokenised, `[RQ]` or `<paragraph>` in a passage (or the
     tokenizer's own `<|im_end|>`, with `control` from `control_tokens`) would become the control token

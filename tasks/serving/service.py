@@ -38,13 +38,13 @@ from onegen_core.inference.copy_constraint import CopyConstraint
 from onegen_core.inference.generation import EngineStats, RetrievalEvent, RetrievalPolicy, StreamHooks, generate
 from onegen_core.inference.index import Hit, IndexMismatchError
 from onegen_core.inference.token_bytes import token_bytes
+from onegen_core.method.control_tokens import control_tokens
 from onegen_core.method.encoding import SegmentTokenizer
 from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.method.prompts import question_prompt
 from onegen_core.method.tokens import SPECIAL_TOKENS
 from onegen_core.prepare.labelling import text_windows
 from tasks.adapters.index_contents import contents
-from tasks.serving.corpus import control_tokens
 
 log = logging.getLogger("onegen.serve")
 

@@ -197,7 +197,7 @@ def test_texts_with_special_tokens_or_over_the_limit_are_refused(service):
 def test_the_tokenizers_own_control_tokens_are_refused_in_questions_and_texts(service):
     """`<|endoftext|>` spelled in a question would tokenise to the control token itself (one id, not
     characters) and end or re-open the turn: refused like OneGen's tokens, for every task."""
-    from tasks.serving.corpus import control_tokens
+    from onegen_core.method.control_tokens import control_tokens
     from tasks.serving.service import InvalidRequest
 
     tok = service.tokenizer
