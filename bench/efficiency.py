@@ -22,22 +22,37 @@ random tokens, so an untrained model runs exactly the paper's workload.
 
 Timing: methods interleaved in a rotated order, `--repeats` times after one warm-up run each; every
 ratio is taken per repeat (runs adjacent in time) and reported as median [min, max]. Counts (decoder
-calls, tokens) are exact. The physical limit: OneGen's extra time per retrieval over the lower bound,
+calls, tokens) are exact. Repeats in one process share its state (allocator, thread placement, the
+machine's load at the time), so their spread understates what a re-run sees: `--rounds K` runs the whole
+grid K times, each in a fresh process one after the other, and pools the K x repeats values of every
+ratio (median [min, max] over all of them; each round's median kept as `round_medians`). `--check REF`
+compares this run's medians with the spreads of a reference JSON (same model, setting and workload) and
+reports how many fall inside; the committed quick reference is `metrics/efficiency_quick.json`.
+The physical limit: OneGen's extra time per retrieval over the lower bound,
 divided by one decode step (measured from the same runs' engine steps) plus one index search (timed in
 the same repeat): 1.0 means a retrieval costs exactly one step and one search; goal ≤ 1.1.
 
-    python -m bench.efficiency            # SmolLM2-135M and tiny, full grid (~25 min on 2 cores)
-    python -m bench.efficiency --quick    # tiny model, reduced grid (~1 min)
+    python -m bench.efficiency            # SmolLM2-135M and tiny, full grid (~80 min on 2 AVX2 cores)
+    python -m bench.efficiency --quick --check metrics/efficiency_quick.json --out /tmp/eff
+                                          # tiny model, reduced grid (~2 min), against the committed spread
+    python -m bench.efficiency --quick --rounds 5 --out metrics --name efficiency_quick   # that reference
+    # a re-run on record beside it (metrics/efficiency_quick_checks.json):
+    python -m bench.efficiency --quick --check metrics/efficiency_quick.json --out /tmp/eff \
+        --record-check metrics/efficiency_quick_checks.json
 
-Writes metrics/efficiency.{json,csv,png}.
+Writes metrics/efficiency.{json,csv,png} (`--name` changes the stem).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -203,17 +218,171 @@ def summarise(models: dict, points: list[dict]) -> dict:
     return out
 
 
+def point_key(p: dict) -> tuple:
+    return p["model"], p["setting"], p["x"], json.dumps(p["workload"], sort_keys=True)
+
+
+def _merger(entries: list[dict]):
+    def merged(get, digits: int) -> dict:
+        out = spread([v for e in entries for v in get(e)["per_repeat"]], digits)
+        out["round_medians"] = [get(e)["median"] for e in entries]
+        return out
+
+    return merged
+
+
+def pool_rounds(rounds: list[dict]) -> list[dict]:
+    """The points of K rounds (the same grid, each round a fresh process) as one set of points: every
+    spread over the K x repeats per-repeat values, each round's median kept as `round_medians`. The exact
+    counts must agree between rounds (the same workload), else the rounds measured different things."""
+    keyed = [{point_key(p): p for p in r["points"]} for r in rounds]
+    pooled = []
+    for key, first in keyed[0].items():
+        entries = [k.get(key) for k in keyed]
+        if any(e is None for e in entries):
+            raise RuntimeError(f"point {key[:3]} is missing from a round: the rounds ran different grids")
+        if any(e["calls"] != first["calls"] for e in entries):
+            raise RuntimeError(f"point {key[:3]}: decoder-call counts differ between rounds (not the same workload)")
+        merged = _merger(entries)
+        p = copy.deepcopy(first)
+        p["seconds"] = {m: merged(lambda e, m=m: e["seconds"][m], 7) for m in first["seconds"]}
+        p["ratios"] = {k: merged(lambda e, k=k: e["ratios"][k], 4) for k in first["ratios"]}
+        if "physical_limit" in first:
+            p["physical_limit"] = {**merged(lambda e: e["physical_limit"], 4),
+                                   **{sub: merged(lambda e, sub=sub: e["physical_limit"][sub], 7)
+                                      for sub in ("decode_step_s", "search_s", "extra_s_per_retrieval")}}
+        pooled.append(p)
+    return pooled
+
+
+def check_against(points: list[dict], reference: dict, ref_path: str) -> dict:
+    """Each ratio's median of this run (and the physical limit's) against the reference's [min, max] at the
+    same point: how many fall inside, and every comparison. A run sharing no point with the reference is an
+    error, not an empty check."""
+    ref = {point_key(p): p for p in reference["points"]}
+    rows = []
+    for p in points:
+        r = ref.get(point_key(p))
+        if r is None:
+            continue
+        pairs = [(k, v, r["ratios"].get(k)) for k, v in p["ratios"].items()]
+        if "physical_limit" in p and "physical_limit" in r:
+            pairs.append(("physical_limit", p["physical_limit"], r["physical_limit"]))
+        for k, v, rv in pairs:
+            if rv is None:
+                continue
+            rows.append({"model": p["model"], "setting": p["setting"], "x": p["x"], "ratio": k, "median": v["median"],
+                         "reference": [rv["min"], rv["max"]], "inside": bool(rv["min"] <= v["median"] <= rv["max"])})
+    if not rows:
+        raise SystemExit(f"--check {ref_path}: no point of this run is in the reference (other grid or workload)")
+    inside = sum(r["inside"] for r in rows)
+    return {"reference": ref_path, "reference_rounds": reference["setup"].get("rounds", 1),
+            "reference_repeats": reference["setup"]["repeats"], "compared": len(rows), "inside": inside,
+            "ratios_inside": sum(r["inside"] for r in rows if r["ratio"] != "physical_limit"),
+            "ratios_compared": sum(r["ratio"] != "physical_limit" for r in rows), "rows": rows}
+
+
+def record_check(path: str | None, report: dict) -> None:
+    """Append this run's comparison (with when, where and how it ran) to `path`'s `runs`, so the re-runs a
+    reference was checked by stay on record beside it."""
+    if not path:
+        return
+    from onegen_core.data.atomic_write import write_text_atomic
+
+    p = Path(path)
+    doc = json.loads(p.read_text()) if p.is_file() else {"runs": []}
+    setup = report["setup"]
+    doc["runs"].append({"finished": time.strftime("%Y-%m-%d %H:%M"), "cpu": setup["cpu"], "cores": setup["cores"],
+                        "repeats": setup["repeats"], "rounds": setup.get("rounds", 1), **report["check"]})
+    write_text_atomic(p, json.dumps(doc, indent=2) + "\n")
+    print(f"recorded in {p} ({len(doc['runs'])} runs)")
+
+
+def print_check(check: dict) -> None:
+    for r in check["rows"]:
+        lo, hi = r["reference"]
+        where = f"{r['model']} ({r['setting']}) x={r['x']:<4} {r['ratio']:<16}"
+        print(f"  {'inside ' if r['inside'] else 'OUTSIDE'} {where} "
+              f"{r['median']:.3f} vs [{lo:.3f}, {hi:.3f}]")
+    print(f"check against {check['reference']}: {check['ratios_inside']} of {check['ratios_compared']} ratio medians "
+          f"inside the reference spread ({check['inside']} of {check['compared']} with the physical limit)", flush=True)
+
+
+_PARENT_ONLY = ("--rounds", "--out", "--check", "--name", "--record-check")
+
+
+def round_args(argv: list[str]) -> list[str]:
+    """The command line of one round: the parent's, less the options the parent handles itself."""
+    forward, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _PARENT_ONLY:
+            skip = True  # its value is the next argument
+        elif a.split("=", 1)[0] not in _PARENT_ONLY:
+            forward.append(a)
+    return forward
+
+
+def run_rounds(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """K rounds of the grid, each `python -m bench.efficiency` in a fresh process, one after another."""
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="onegen-eff-") as tmp:
+        for k in range(args.rounds):
+            print(f"\n#### round {k + 1} of {args.rounds} (a fresh process)", flush=True)
+            out = Path(tmp) / f"round{k}"
+            subprocess.run([sys.executable, "-m", "bench.efficiency", *round_args(argv), "--out", str(out)],
+                           check=True, cwd=ROOT)
+            rounds.append(json.loads((out / "efficiency.json").read_text()))
+    return rounds
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny model, reduced grid (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="tiny model, reduced grid (about two minutes)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs of every method a point (default 3, quick 3)")
     ap.add_argument("--models", nargs="+", default=None, help="only these generators (tiny, smollm2-135m)")
     ap.add_argument("--out", default=str(ROOT / "metrics"), help="directory for efficiency.{json,csv,png}")
+    ap.add_argument("--name", default="efficiency", help="file stem of the outputs (default efficiency)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the grid this many times, each in a fresh process, and pool the spreads (1-20)")
+    ap.add_argument("--check", default=None, metavar="REF_JSON",
+                    help="count this run's ratio medians inside the spreads of a reference efficiency JSON")
+    ap.add_argument("--record-check", default=None, metavar="FILE",
+                    help="with --check: append the comparison to FILE's runs (metrics/efficiency_quick_checks.json)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     repeats = args.repeats or 3
     if repeats < 2:
         raise SystemExit("--repeats must be at least 2: a spread needs two runs")
+    if not 1 <= args.rounds <= 20:
+        raise SystemExit(f"--rounds must be between 1 and 20, got {args.rounds}")
+    if args.record_check and not args.check:
+        raise SystemExit("--record-check needs --check REF_JSON: there is no comparison to record")
+    reference = None
+    if args.check:
+        try:
+            reference = json.loads(Path(args.check).read_text())
+            reference["points"], reference["setup"]["repeats"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--check {args.check}: not a readable efficiency JSON ({e})") from None
+    if args.rounds > 1:
+        t0 = time.perf_counter()
+        rounds = run_rounds(args, argv)
+        points = pool_rounds(rounds)
+        report = {"setup": {**rounds[0]["setup"], "rounds": args.rounds},
+                  "summary": summarise(rounds[0]["setup"]["models"], points), "passes": PASSES, "points": points,
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        print("\n#### pooled over the rounds")
+        for e in points:
+            print_point(e["model"], e)
+        if reference is not None:
+            report["check"] = check_against(points, reference, args.check)
+            print_check(report["check"])
+            record_check(args.record_check, report)
+        write_outputs(Path(args.out), report, args.name)
+        return report
     torch.set_grad_enabled(False)
     from tasks.adapters.baselines import MiniLMEncoder
 
@@ -235,17 +404,22 @@ def main(argv: list[str] | None = None) -> dict:
             points.append(e)
     report = {"setup": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats,
-                        "models": models, "goal_physical_limit": GOAL_PHYSICAL_LIMIT},
+                        "rounds": 1, "models": models, "goal_physical_limit": GOAL_PHYSICAL_LIMIT},
               "summary": summarise(models, points), "passes": PASSES, "points": points,
               "seconds": round(time.perf_counter() - t0, 1)}
-    write_outputs(Path(args.out), report)
+    if reference is not None:
+        report["check"] = check_against(points, reference, args.check)
+        print_check(report["check"])
+        record_check(args.record_check, report)
+    write_outputs(Path(args.out), report, args.name)
     return report
 
 
-def write_outputs(out: Path, report: dict) -> None:
+def write_outputs(out: Path, report: dict, name: str = "efficiency") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
-    with open(out / "efficiency.csv", "w", newline="") as fh:
+    paths = [out / f"{name}.{ext}" for ext in ("json", "csv", "png")]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    with open(paths[1], "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "setting", "x", "ratio", "median", "min", "max"])
         for p in report["points"]:
@@ -254,14 +428,13 @@ def write_outputs(out: Path, report: dict) -> None:
             if "physical_limit" in p:
                 v = p["physical_limit"]
                 w.writerow([p["model"], p["setting"], p["x"], "physical_limit", v["median"], v["min"], v["max"]])
-    plot(report["points"], out / "efficiency.png")
+    plot(report["points"], paths[2], report["setup"].get("rounds", 1))
     print("\n" + json.dumps(report["summary"], indent=2))
-    print(f"wrote {out / 'efficiency.json'}, {out / 'efficiency.csv'}, {out / 'efficiency.png'} "
-          f"in {report['seconds']} s")
+    print(f"wrote {', '.join(map(str, paths))} in {report['seconds']} s")
 
 
-def plot(points: list[dict], path: Path) -> None:
-    """Every ratio of every point with its spread (min-max over repeats) as an error bar."""
+def plot(points: list[dict], path: Path, rounds: int = 1) -> None:
+    """Every ratio of every point with its spread (min-max over repeats and rounds) as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +456,8 @@ def plot(points: list[dict], path: Path) -> None:
         ax.set(title=titles[setting], ylabel="time ratio (median, min-max)", xscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle("OneGen inference efficiency: every ratio, per-repeat spread (CPU, one run)")
+    where = "one process" if rounds == 1 else f"{rounds} rounds, each a fresh process"
+    fig.suptitle(f"OneGen inference efficiency: every ratio, min-max over repeats (CPU, {where})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

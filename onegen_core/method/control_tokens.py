@@ -32,7 +32,8 @@ def control_tokens(tokenizer) -> tuple[str, ...]:
     special (OneGen's among them), longest first. A user's text spelling one would become the token
     itself: `<|im_end|>` closes the chat turn the question sits in."""
     found = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    found |= {a.content for a in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(a, "special", False)}
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    found |= {a.content for a in added if getattr(a, "special", False)}
     found |= set(SPECIAL_TOKENS)
     return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
 

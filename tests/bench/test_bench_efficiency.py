@@ -2,6 +2,8 @@
 long GRIT's re-encoding pass is."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -71,3 +73,55 @@ def test_a_point_reports_every_ratio_with_spread_and_the_extra_passes(workload):
     c = measure_point(workload, "c", 4, {"sentence_len": 40, "mentions": 3}, repeats=2)
     assert set(c["ratios"]) == {"pipeline/onegen", "onegen/lower"} and "physical_limit" not in c
     assert c["extra_passes_per_retrieval"] == {"onegen": 1.0, "pipeline": 1.0}
+
+
+def test_rounds_pool_every_repeat_and_a_check_counts_medians_inside_the_reference(workload):
+    """--rounds: the spreads of K rounds pooled over all their repeats, each round's median kept; rounds that
+    counted different decoder calls are refused. --check: a run's medians against a reference's spreads."""
+    from bench.efficiency import check_against, measure_point, pool_rounds, round_args
+
+    kw = {"rounds": 2, "qlen": QLEN, "out_len": 3}
+    rounds = [{"points": [{"model": "tiny", **measure_point(workload, "a", QLEN, kw, repeats=2)}]} for _ in range(2)]
+    (p,) = pool_rounds(rounds)
+    for k, v in p["ratios"].items():
+        per = [x for r in rounds for x in r["points"][0]["ratios"][k]["per_repeat"]]
+        assert v["per_repeat"] == per and len(per) == 4 and v["min"] == min(per) and v["max"] == max(per)
+        assert v["round_medians"] == [r["points"][0]["ratios"][k]["median"] for r in rounds]
+    assert len(p["physical_limit"]["per_repeat"]) == 4 and len(p["physical_limit"]["search_s"]["per_repeat"]) == 4
+    other = {"points": [dict(rounds[1]["points"][0], calls={"onegen": {}})]}
+    with pytest.raises(RuntimeError, match="decoder-call counts differ"):
+        pool_rounds([rounds[0], other])
+
+    ref = {"setup": {"repeats": 2, "rounds": 2}, "points": [p]}
+    check = check_against(rounds[0]["points"], ref, "ref.json")
+    assert check["ratios_compared"] == 3 and check["compared"] == 4  # three ratios and the physical limit
+    assert check["inside"] == check["compared"]  # a round's median lies within the pool it belongs to
+    narrow = copy.deepcopy(ref)
+    narrow["points"][0]["ratios"]["grit/onegen"].update(min=-2.0, max=-1.0)
+    assert check_against(rounds[0]["points"], narrow, "ref.json")["ratios_inside"] == 2
+    moved = {"setup": {"repeats": 2}, "points": [dict(p, x=QLEN + 1)]}
+    with pytest.raises(SystemExit, match="no point of this run is in the reference"):
+        check_against(rounds[0]["points"], moved, "ref.json")
+
+    argv = ["--quick", "--rounds", "3", "--out=/x", "--check", "r.json", "--repeats", "4", "--name", "q",
+            "--record-check", "c.json"]
+    assert round_args(argv) == ["--quick", "--repeats", "4"]
+
+
+def test_a_recorded_check_is_appended_with_how_it_ran(tmp_path):
+    import json
+
+    from bench.efficiency import main, record_check
+
+    check = {"reference": "r.json", "compared": 4, "inside": 3, "ratios_compared": 3, "ratios_inside": 3, "rows": []}
+    report = {"setup": {"cpu": "x86_64", "cores": 2, "repeats": 3, "rounds": 1}, "check": check}
+    f = tmp_path / "checks.json"
+    record_check(str(f), report)
+    record_check(str(f), report)
+    record_check(None, report)  # not asked: nothing written
+    runs = json.loads(f.read_text())["runs"]
+    assert len(runs) == 2 and runs[0]["ratios_inside"] == 3 and runs[0]["repeats"] == 3 and "finished" in runs[0]
+    with pytest.raises(SystemExit, match="--record-check needs --check"):
+        main(["--quick", "--record-check", str(f)])
+    with pytest.raises(SystemExit, match="--rounds must be between 1 and 20"):
+        main(["--quick", "--rounds", "0"])
