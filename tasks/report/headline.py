@@ -343,6 +343,34 @@ def efficiency_section(eff: dict) -> list[str]:
     return lines
 
 
+def efficiency_quick_section(ref: dict, checks: dict) -> list[str]:
+    """The quick grid's reference (K rounds, each a fresh process, spreads pooled over every repeat) and
+    how re-runs of the quick grid fell against it: the spread a user re-running the bench can expect."""
+    f = "efficiency_quick.json"
+    setup = need(ref, f, "setup")
+    lines = ["### Efficiency: the quick grid's spread across processes (`metrics/efficiency_quick.json`)", "",
+             (f"The quick grid (tiny model) run {need(setup, f, 'rounds')} times, each round a fresh process, "
+              f"{need(setup, f, 'repeats')} repeats a round; every ratio's median [min–max] is over all "
+              f"{need(setup, f, 'rounds') * need(setup, f, 'repeats')} repeats, then each round's median. The full "
+              "grid above has one process's spread only."), "",
+             "| setting | x | ratio | pooled median [min–max] | round medians |", "|---|---:|---|---:|---|"]
+    for p in need(ref, f, "points"):
+        items = [*p["ratios"].items()] + ([("physical limit", p["physical_limit"])] if "physical_limit" in p else [])
+        for k, v in items:
+            lines.append(f"| ({p['setting']}) | {p['x']} | {k} | {v['median']:.3f} [{v['min']:.3f}–{v['max']:.3f}] | "
+                         + ", ".join(f"{m:.3f}" for m in need(v, f, "round_medians")) + " |")
+    g = "efficiency_quick_checks.json"
+    runs = need(checks, g, "runs")
+    lines += ["", f"Re-runs of `python -m bench.efficiency --quick --check metrics/{f}` (`metrics/{g}`): "
+              + "; ".join(f"{c['ratios_inside']} of {c['ratios_compared']} ratio medians inside the pooled spread "
+                          f"({c['inside']} of {c['compared']} with the physical limit)" for c in runs) + "."]
+    outside = [f"{r['setting']}/{r['x']} {r['ratio']} {r['median']:.3f} vs "
+               f"[{r['reference'][0]:.3f}–{r['reference'][1]:.3f}]" for c in runs for r in c["rows"] if not r["inside"]]
+    if outside:
+        lines.append("Outside: " + "; ".join(outside) + ".")
+    return lines
+
+
 def results_markdown(metrics_dir: Path = METRICS_DIR) -> str:
     """The current-figures block of docs/RESULTS.md."""
     evaluate = load_metrics(metrics_dir, "evaluate.json")
@@ -355,7 +383,8 @@ def results_markdown(metrics_dir: Path = METRICS_DIR) -> str:
         lines += ["ELEVANT's rules (InKB mode):", "", *elevant_table(evaluate), ""]
     for section in (training_section(train), encode_section(load("encode.json")),
                     lambda_sweep_section(load("lambda_sweep.json")),
-                    trials_section(load("val_multihop_trials.json")), efficiency_section(load("efficiency.json"))):
+                    trials_section(load("val_multihop_trials.json")), efficiency_section(load("efficiency.json")),
+                    efficiency_quick_section(load("efficiency_quick.json"), load("efficiency_quick_checks.json"))):
         lines += [*section, ""]
     return "\n".join(lines).rstrip("\n")
 
