@@ -22,7 +22,7 @@ from flows.redaction import redact, secret_values
 from flows.subprocesses import stream_command
 
 # the pipeline, in order; a flow runs a prefix of it and fails if dvc.yaml lacks one of them
-STAGES = ("prepare", "annotate", "label", "train", "encode", "evaluate")
+STAGES = ("prepare", "annotate", "label", "train", "encode", "link_threshold", "evaluate")
 # stages that call remote services (an LLM endpoint) get retries; deterministic stages none
 STAGE_RETRIES = {"annotate": {"retries": 2, "retry_delay_seconds": 30}}
 

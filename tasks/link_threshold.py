@@ -45,8 +45,7 @@ def validation_windows(p: Params) -> tuple[list[ElevantArticle], list[Window]]:
             if rec.get("task") == "entity_linking":
                 val_ids.append(rec["id"])
     if not val_ids:
-        raise ValueError(f"{p.label.out_dir}/val.jsonl holds no entity-linking example: no validation windows to "
-                         f"choose the NIL threshold on (label.val_count_by_task)")
+        return [], []
     kb = {e.id for e in load_kb(str(Path(p.prepare.out_dir) / "kb.jsonl"))}
     split = json.loads((Path(p.prepare.out_dir) / "el_split.json").read_text())
     trained = set(split["benchmarks"]["train"])
@@ -81,6 +80,16 @@ def run(p: Params) -> dict:
     t0 = time.perf_counter()
     cfg = p.evaluate
     articles, windows = validation_windows(p)
+    if not windows:
+        # entity linking was left out (prepare.elevant empty, or no validation share): nothing to choose on.
+        # The record says so; `onegen link` and the evaluate stage then never abstain, and report why.
+        why = (f"{p.label.out_dir}/val.jsonl holds no entity-linking example: no validation windows to choose the "
+               "NIL threshold on (prepare.elevant, label.val_count_by_task)")
+        log.warning("no NIL threshold: %s", why)
+        report = {"checkpoint_id": checkpoint_id(cfg.checkpoint), "threshold": None, "windows": 0, "reason": why,
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        write_json(p.serve.link_threshold_path, report)
+        return report
     dtype = resolve_inference_dtype(p.backbone.inference_dtype)
     lm, tok, _ = load_pretrained(cfg.checkpoint, BackboneConfig(name=cfg.checkpoint, dtype=dtype))
     lm.eval()

@@ -13,7 +13,9 @@ without it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from onegen_core.data.elevant import ElevantArticle
 from onegen_core.evaluation.linking import PredictedMention, score_linking
@@ -51,3 +53,44 @@ def choose_threshold(articles: Sequence[ElevantArticle],
             best = {"threshold": t, "f1": el["f1"], "precision": el["precision"], "recall": el["recall"],
                     "abstained": n_abst}
     return {**best, "f1_without": base.get("f1", 0.0), "linked": linked, "curve": curve}
+
+
+def abstention_scores(articles: Sequence[ElevantArticle], predictions: Mapping[str, Sequence[PredictedMention]],
+                      threshold: float | None, source: str) -> dict:
+    """Held-out links scored again with NIL abstention below `threshold` (from `read_threshold`: chosen on
+    validation, never on these articles): {"threshold", "source", "linked_without", "abstained",
+    "el": {bucket: EL scores}}; only threshold and source when there is none. The paper's figures link
+    every mention; this is the served model's figure beside them."""
+    out: dict = {"threshold": threshold, "source": source}
+    if threshold is None:
+        return out
+    kept = abstain(predictions, threshold)
+    out["linked_without"] = sum(m.entity_id is not None for v in predictions.values() for m in v)
+    out["abstained"] = out["linked_without"] - sum(m.entity_id is not None for v in kept.values() for m in v)
+    out["el"] = {b: s["el"] for b, s in score_linking(articles, kept).items()}
+    return out
+
+
+def read_threshold(path: str | Path, checkpoint_id: str) -> tuple[float | None, str]:
+    """(the threshold the link_threshold stage chose on validation, where it comes from) when its file
+    exists and was written for `checkpoint_id`; else (None, why): a threshold chosen for other weights
+    says nothing about these."""
+    path = Path(path)
+    if not path.is_file():
+        return None, f"none: {path} does not exist (run `dvc repro link_threshold`)"
+    try:
+        chosen = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"none: {path} is not JSON ({e})"
+    if not isinstance(chosen, dict):
+        return None, f"none: {path} holds no threshold record"
+    if chosen.get("checkpoint_id") != checkpoint_id:
+        return None, (f"none: {path} was chosen for checkpoint {chosen.get('checkpoint_id')}, not {checkpoint_id} "
+                      "(re-run `dvc repro link_threshold`)")
+    t = chosen.get("threshold")
+    if t is None and chosen.get("reason"):
+        return None, f"none: {path}: {chosen['reason']}"
+    if t is not None and not isinstance(t, (int, float)):
+        return None, f"none: {path}: threshold {t!r} is no number"
+    source = f"{path} (validation EL F1 {chosen.get('f1_without', 0):.3f} -> {chosen.get('f1', 0):.3f})"
+    return (float(t) if t is not None else None), source

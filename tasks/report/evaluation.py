@@ -70,6 +70,23 @@ def el_table(result: dict) -> list[str]:
             for t, s in tasks_.items():
                 lines.append(f"| {bucket} | {name} | {t.upper()} | {_pct(s['precision'])} | {_pct(s['recall'])} | "
                              f"{_pct(s['f1'])} | {s['tp']} | {s['fp']} | {s['fn']} |")
+    return lines + _nil_lines(el)
+
+
+def _nil_lines(el: dict) -> list[str]:
+    """OneGen's end-to-end links with NIL abstention (the served model's setting) beside the table."""
+    nil = el.get("nil_abstention")  # absent from metrics written before 2026-12-08
+    if not nil:
+        return []
+    if nil.get("threshold") is None:
+        return ["", f"NIL abstention not scored: {nil.get('source')}."]
+    lines = ["", (f"With NIL abstention as `onegen link` applies it (below {nil['threshold']:.3f}, chosen on validation "
+                  f"windows: {nil['source']}), {nil['abstained']:,} of {nil['linked_without']:,} end-to-end links "
+                  "become NIL:"), "", "| benchmark | system | task | P | R | F1 | tp | fp | fn |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for bucket, s in sorted(nil["el"].items(), key=lambda kv: (kv[0] != "all", kv[0])):
+        lines.append(f"| {bucket} | onegen + NIL | EL | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | "
+                     f"{s['tp']} | {s['fp']} | {s['fn']} |")
     return lines
 
 

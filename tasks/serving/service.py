@@ -592,28 +592,12 @@ def nil_threshold(serve, checkpoint_id: str) -> tuple[float | None, str]:
         return None, "off (serve.link_nil)"
     if serve.link_nil == "fixed":
         return serve.link_min_score, "serve.link_min_score"
-    from pathlib import Path
+    from onegen_core.evaluation.nil_threshold import read_threshold
 
-    path = Path(serve.link_threshold_path)
-    if not path.is_file():
-        why = f"none: {path} does not exist (run `dvc repro link_threshold`)"
-    else:
-        import json
-
-        try:
-            chosen = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            chosen, why = {}, f"none: {path} is not JSON ({e})"
-        else:
-            why = ""
-        if chosen and chosen.get("checkpoint_id") != checkpoint_id:
-            why = (f"none: {path} was chosen for checkpoint {chosen.get('checkpoint_id')}, not {checkpoint_id} "
-                   f"(re-run `dvc repro link_threshold`)")
-        elif chosen:
-            t = chosen.get("threshold")
-            return (float(t) if t is not None else None), f"{path} (validation EL F1 {chosen.get('f1_without', 0):.3f} -> {chosen.get('f1', 0):.3f})"
-    log.info("entity linking never abstains: %s", why)
-    return None, why
+    threshold, why = read_threshold(serve.link_threshold_path, checkpoint_id)
+    if threshold is None:
+        log.info("entity linking never abstains: %s", why)
+    return threshold, why
 
 
 MAX_STOP = 4  # OpenAI's bound on `stop` strings

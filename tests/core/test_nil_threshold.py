@@ -39,3 +39,43 @@ def test_no_threshold_when_abstaining_never_helps():
     preds = {key: [PredictedMention(0, 5, "Q1", 0.2), PredictedMention(10, 15, "Q2", 0.8)]}
     chosen = choose_threshold([art], preds)
     assert chosen["threshold"] is None and chosen["f1"] == chosen["f1_without"] == 1.0 and chosen["abstained"] == 0
+
+
+def test_the_threshold_file_is_read_only_for_its_own_checkpoint(tmp_path):
+    """`read_threshold` (serving's `auto` and the evaluate stage's NIL figures): the stage's choice for this
+    checkpoint, else None with the reason."""
+    import json
+
+    from onegen_core.evaluation.nil_threshold import read_threshold
+
+    f = tmp_path / "link_threshold.json"
+    t, why = read_threshold(f, "ck")
+    assert t is None and "does not exist" in why and "dvc repro link_threshold" in why
+    f.write_text("{not json")
+    assert read_threshold(f, "ck")[0] is None and "is not JSON" in read_threshold(f, "ck")[1]
+    f.write_text(json.dumps({"checkpoint_id": "other", "threshold": 0.5}))
+    t, why = read_threshold(f, "ck")
+    assert t is None and "chosen for checkpoint other, not ck" in why
+    f.write_text(json.dumps({"checkpoint_id": "ck", "threshold": 0.5, "f1_without": 0.3, "f1": 0.35}))
+    t, why = read_threshold(f, "ck")
+    assert t == 0.5 and "validation EL F1 0.300 -> 0.350" in why
+    f.write_text(json.dumps({"checkpoint_id": "ck", "threshold": None, "reason": "no windows"}))
+    assert read_threshold(f, "ck") == (None, f"none: {f}: no windows")
+    f.write_text(json.dumps({"checkpoint_id": "ck", "threshold": "high"}))
+    assert read_threshold(f, "ck")[0] is None and "is no number" in read_threshold(f, "ck")[1]
+
+
+def test_held_out_links_are_scored_again_with_the_threshold():
+    """`abstention_scores` (the evaluate stage's `nil_abstention`): the same links, those below the
+    validation threshold unlinked, scored as the paper's figures are; none without a threshold."""
+    from onegen_core.evaluation.nil_threshold import abstention_scores
+
+    art = _article([(0, 5, "Q1"), (10, 15, "Q2"), (20, 25, "Q3")])
+    preds = {article_key(art): [PredictedMention(0, 5, "Q1", 0.9), PredictedMention(10, 15, "Q2", 0.7),
+                                PredictedMention(20, 25, "Q9", 0.3)]}
+    assert abstention_scores([art], preds, None, "none: why") == {"threshold": None, "source": "none: why"}
+    out = abstention_scores([art], preds, 0.5, "file")
+    assert out["threshold"] == 0.5 and out["abstained"] == 1 and out["linked_without"] == 3
+    el = out["el"]["all"]
+    assert (el["tp"], el["fp"], el["fn"]) == (2, 0, 1) and el["precision"] == 1.0
+    assert score_linking([art], preds)["all"]["el"]["fp"] == 1  # without abstention the wrong link counts
