@@ -377,12 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n#### pooled over the rounds")
         for e in points:
             print_point(e["model"], e)
-        if reference is not None:
-            report["check"] = check_against(points, reference, args.check)
-            print_check(report["check"])
-            record_check(args.record_check, report)
-        write_outputs(Path(args.out), report, args.name)
-        return report
+        return finish(args, report, reference)
     torch.set_grad_enabled(False)
     from tasks.adapters.baselines import MiniLMEncoder
 
@@ -407,8 +402,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "rounds": 1, "models": models, "goal_physical_limit": GOAL_PHYSICAL_LIMIT},
               "summary": summarise(models, points), "passes": PASSES, "points": points,
               "seconds": round(time.perf_counter() - t0, 1)}
+    return finish(args, report, reference)
+
+
+def finish(args: argparse.Namespace, report: dict, reference: dict | None) -> dict:
+    """The report checked against `--check`'s reference (and recorded) when one was given, then written."""
     if reference is not None:
-        report["check"] = check_against(points, reference, args.check)
+        report["check"] = check_against(report["points"], reference, args.check)
         print_check(report["check"])
         record_check(args.record_check, report)
     write_outputs(Path(args.out), report, args.name)

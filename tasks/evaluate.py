@@ -35,22 +35,10 @@ from onegen_core.method.backbone import checkpoint_id, load_pretrained
 from onegen_core.method.precision import resolve_inference_dtype
 from onegen_core.prepare.entity_kb import PAGE_ID_PREFIX
 from tasks.adapters import tracking
-from tasks.adapters.eval_systems import (
-    System,
-    ed_baseline_piece,
-    ed_piece,
-    link_piece,
-    multihop_piece,
-    multihop_systems,
-    system_names,
-)
-from tasks.adapters.ray_evaluation import (
-    LazyRayGenerator,
-    ReplicaSettings,
-    ed_piece_on_ray,
-    link_piece_on_ray,
-    multihop_piece_on_ray,
-)
+from tasks.adapters.eval_systems import (System, ed_baseline_piece, ed_piece, link_piece, multihop_piece,
+                                         multihop_systems, system_names)
+from tasks.adapters.ray_evaluation import (LazyRayGenerator, ReplicaSettings, ed_piece_on_ray, link_piece_on_ray,
+                                           multihop_piece_on_ray)
 from tasks.adapters.result_cache import ResultCache, cache_key, mentions_from_json
 from tasks.report.evaluation import headline, write_report
 from tasks.stage_common import machine_record, stage_params, write_json, write_jsonl
@@ -134,8 +122,10 @@ def run_entity_linking(p: Params, lm, tok, ck: str, cache: ResultCache, out: Pat
         data = cache.get_or_put(f"el.ed.{name}", functools.partial(ed_baseline_piece, name, kb, articles, gold))
         scored = score_linking(articles, mentions_from_json(data["predictions"]))
         systems[name] = {b: {"ed": s["el"]} for b, s in scored.items()}
-    result["systems"] = systems  # and with `onegen link`'s NIL threshold (chosen on validation):
-    result["nil_abstention"] = abstention_scores(articles, link_preds, *read_threshold(p.serve.link_threshold_path, ck))
+    result["systems"] = systems
+    # the same links with `onegen link`'s NIL threshold (chosen on validation for this checkpoint)
+    nil = read_threshold(p.serve.link_threshold_path, ck)
+    result["nil_abstention"] = abstention_scores(articles, link_preds, *nil)
     # the same predictions by ELEVANT's own rules (word-boundary widening, unlinked = <NIL>, coreference
     # inferred from the text), as ELEVANT's evaluate.py would score the exported files
     elevant = {"link": score_elevant(articles, exported_predictions(link_preds)),

@@ -9,7 +9,7 @@ SmolLM2's `<filename>`, `<gh_stars>`, `<issue_start>` (its code-pretraining mark
 data text is tokenised: `SegmentTokenizer` (training, document encoding, evaluation and serving prompts)
 and the inference engine's pasted passages, which therefore read alike.
 
-The escape is the project's one escape (`escape_special_tokens`): the token's first character becomes its
+The escape is the project's one escape (`segments.defuse`, as `escape_special_tokens` applies it): the token's first character becomes its
 full-width look-alike (`<filename>` -> `＜filename>`, `[INST]` -> `［INST]`); a first character with no
 full-width form is followed by a word joiner (U+2060). It is idempotent and matches no added token
 (added tokens match raw text exactly). Text that spells no control token is returned unchanged, so its
@@ -20,10 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from onegen_core.method.segments import defuse
 from onegen_core.method.tokens import SPECIAL_TOKENS
-
-_FULLWIDTH_OFFSET = 0xFEE0  # '!'..'~' -> '！'..'～'
-_WORD_JOINER = "\u2060"
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:
@@ -46,13 +44,6 @@ def backbone_control_tokens(tokenizer) -> tuple[str, ...]:
     return tuple(t for t in control_tokens(tokenizer) if t not in ours)
 
 
-def _defuse(token: str) -> str:
-    first = token[0]
-    if "!" <= first <= "~":
-        return chr(ord(first) + _FULLWIDTH_OFFSET) + token[1:]
-    return first + _WORD_JOINER + token[1:]
-
-
 class ControlTokenEscape:
     """`escape(text)`: `text` with every one of `tokens` defused (see the module docstring); the longest
     token wins where two start at one place (`</s>` before `<s>`)."""
@@ -64,7 +55,7 @@ class ControlTokenEscape:
     def __call__(self, text: str) -> str:
         if self._pattern is None:
             return text
-        return self._pattern.sub(lambda m: _defuse(m.group()), text)
+        return self._pattern.sub(lambda m: defuse(m.group()), text)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> ControlTokenEscape:

@@ -44,7 +44,18 @@ from onegen_core.method.tokens import (
 
 # longest first, so that no token is matched inside a longer one
 _SPECIAL = re.compile("|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)))
-_FULLWIDTH_OFFSET = 0xFEE0  # '[' (U+005B) + offset = '［' (U+FF3B); '<' -> '＜' (U+FF1C)
+_FULLWIDTH_OFFSET = 0xFEE0  # '!'..'~' -> '！'..'～': '[' (U+005B) -> '［' (U+FF3B); '<' -> '＜' (U+FF1C)
+_WORD_JOINER = "\u2060"
+
+
+def defuse(token: str) -> str:
+    """One token's spelling made inert, the project's one escape (`escape_special_tokens`): its first
+    character replaced by the full-width look-alike, or, where it has none (not printable ASCII), followed
+    by a word joiner."""
+    first = token[0]
+    if "!" <= first <= "~":
+        return chr(ord(first) + _FULLWIDTH_OFFSET) + token[1:]
+    return first + _WORD_JOINER + token[1:]
 
 
 def escape_special_tokens(text: str) -> str:
@@ -54,7 +65,7 @@ def escape_special_tokens(text: str) -> str:
     The one escape of the project, chosen because it is readable, replaces one character by one (so
     character spans into the text, ELEVANT's mention offsets, stay valid), matches no added token of any
     tokenizer (added tokens match raw text exactly), and is idempotent."""
-    return _SPECIAL.sub(lambda m: chr(ord(m.group()[0]) + _FULLWIDTH_OFFSET) + m.group()[1:], text)
+    return _SPECIAL.sub(lambda m: defuse(m.group()), text)
 
 
 def special_tokens_in(text: str) -> list[str]:

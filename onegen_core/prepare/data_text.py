@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import re
 
-from onegen_core.method.segments import escape_special_tokens
+from onegen_core.method.segments import defuse, escape_special_tokens
 
 # `<|` + a name (no space, bar or angle bracket; at most 64 characters) + `|>`
 CONTROL_TOKEN = re.compile(r"<\|[^\s|<>]{1,64}\|>")
-_FULLWIDTH_LT = "\uff1c"  # '＜'
 
 
 def escape_control_tokens(text: str) -> str:
     """Every `<|name|>` of `text` with its '<' replaced by '＜'."""
-    return CONTROL_TOKEN.sub(lambda m: _FULLWIDTH_LT + m.group()[1:], text)
+    return CONTROL_TOKEN.sub(lambda m: defuse(m.group()), text)
 
 
 def escape_data_text(text: str) -> str:
